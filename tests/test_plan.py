@@ -1,0 +1,210 @@
+"""Planning is pure: arguments and the GPUs seen in, servers, ports and commands out. No process."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+import run_local as rl
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    return rl.build_parser().parse_args(["--agent-model", "/ckpt", *argv])
+
+
+def plan(*argv: str, gpus: tuple[str, ...] = ("0", "1", "2", "3"), config=None) -> rl.Plan:
+    return rl.build_plan(parse(*argv), gpus, iter(range(1900, 2000)), config or {}, "/cache")
+
+
+def test_defaults_match_the_seed_script():
+    args = parse()
+    assert (args.user_llm, args.num_servers, args.max_steps, args.num_trials) == ("gpt-4o", None, 200, 1)
+    assert (args.output_dir, args.log_dir, args.start_port, args.server_timeout) == ("outputs", "logs", "1900", 600)
+    assert args.domains == ["retail", "telecom", "airline"]
+    assert args.model_config_path == "model_config_local.json"
+    assert args.host == "127.0.0.1" and args.tool_call_parser == "hermes"
+
+
+def test_four_servers_on_four_gpus_one_each_in_parallel_lanes():
+    p = plan()
+    assert [s.gpus for s in p.servers] == [("0",), ("1",), ("2",), ("3",)]
+    assert [s.port for s in p.servers] == [1900, 1901, 1902, 1903]
+    assert len({s.lane for s in p.servers}) == 4
+    assert p.agent_urls == tuple(f"http://127.0.0.1:{port}/v1" for port in range(1900, 1904))
+    assert all(dict(s.env)["CUDA_VISIBLE_DEVICES"] == s.gpus[0] for s in p.servers)
+
+
+def test_default_server_count_is_capped_to_the_gpus():
+    assert len(plan(gpus=("0", "1")).servers) == 2
+    assert len(plan(gpus=tuple(map(str, range(8)))).servers) == 4
+
+
+def test_tensor_parallel_groups():
+    p = plan("--tensor-parallel-size", "2", "--num-servers", "2")
+    assert [s.gpus for s in p.servers] == [("0", "1"), ("2", "3")]
+    assert all("--tensor-parallel-size" in s.argv for s in p.servers)
+    assert dict(p.servers[1].env)["CUDA_VISIBLE_DEVICES"] == "2,3"
+
+
+def test_more_servers_than_gpus_needs_servers_per_gpu():
+    with pytest.raises(rl.UsageError, match="--servers-per-gpu 2"):
+        plan("--num-servers", "8")
+    p = plan("--num-servers", "8", "--servers-per-gpu", "2")
+    assert [s.gpus[0] for s in p.servers] == ["0", "1", "2", "3"] * 2
+    # servers sharing a GPU share a lane (started one after another) and split the memory
+    lanes = {s.gpus: s.lane for s in p.servers}
+    assert all(lanes[s.gpus] == s.lane for s in p.servers) and len(set(lanes.values())) == 4
+    mems = [s.argv[s.argv.index("--gpu-memory-utilization") + 1] for s in p.servers]
+    assert set(mems) == {"0.425"}
+
+
+def test_user_model_gets_its_own_gpus_and_a_config_entry():
+    p = plan("--user-model", "/user", "--num-servers", "3")
+    user = [s for s in p.servers if s.role == "user"]
+    assert len(user) == 1 and user[0].gpus == ("3",)
+    assert {s.gpus for s in p.servers if s.role == "agent"} == {("0",), ("1",), ("2",)}
+    assert p.user_llm == "hosted_vllm//user" and p.user_urls == (user[0].url,)
+    assert rl.config_pools(p) == {"/ckpt": list(p.agent_urls), "/user": [user[0].url]}
+
+
+def test_user_model_shares_the_only_gpu_after_the_agent():
+    p = plan("--user-model", "/user", gpus=("0",))
+    agent, user = p.servers
+    assert agent.gpus == user.gpus == ("0",) and agent.lane == user.lane
+    assert "--gpu-memory-utilization" in agent.argv and "--gpu-memory-utilization" in user.argv
+
+
+def test_explicit_user_gpus_and_tp():
+    p = plan("--user-model", "/user", "--gpu-ids", "0,1", "--user-gpu-ids", "2,3",
+             "--user-tensor-parallel-size", "2")
+    user = p.servers[-1]
+    assert user.gpus == ("2", "3") and "--tensor-parallel-size" in user.argv
+
+
+@pytest.mark.parametrize("argv, message", [
+    (("--gpu-ids", "0,7"), "GPU 7 does not exist"),
+    (("--gpu-ids", "0,0"), "repeats GPU 0"),
+    (("--num-servers", "0"), "--num-servers must be positive"),
+    (("--max-steps", "0"), "--max-steps must be positive"),
+    (("--num-trials", "-1"), "--num-trials must be positive"),
+    (("--max-concurrency", "0"), "--max-concurrency must be positive"),
+    (("--domains", "retail", "shopping"), "unknown domain 'shopping'"),
+    (("--tensor-parallel-size", "8"), "needs 8 GPUs"),
+    (("--gpu-memory-utilization", "1.5"), "--gpu-memory-utilization"),
+    (("--user-model", "/u", "--user-gpu-ids", "1", "--user-tensor-parallel-size", "2"), "names 1 GPUs"),
+])
+def test_bad_plans_are_usage_errors(argv, message):
+    with pytest.raises(rl.UsageError, match=message):
+        plan(*argv)
+
+
+def test_cpu_host_runs_unpinned_servers_and_rejects_gpu_ids():
+    p = plan("--num-servers", "2", gpus=())
+    assert [s.gpus for s in p.servers] == [(), ()]
+    assert all("CUDA_VISIBLE_DEVICES" not in dict(s.env) for s in p.servers)
+    assert len(plan(gpus=()).servers) == 1
+    with pytest.raises(rl.UsageError, match="no GPU"):
+        plan("--gpu-ids", "0", gpus=())
+
+
+def test_compile_cache_is_per_lane():
+    p = plan("--num-servers", "4", "--servers-per-gpu", "2", gpus=("0", "1"))
+    caches = {s.lane: dict(s.env)["VLLM_CACHE_ROOT"] for s in p.servers}
+    assert len(set(caches.values())) == 2
+    assert all(dict(s.env)["VLLM_CACHE_ROOT"] == caches[s.lane] for s in p.servers)
+
+
+def test_server_command_carries_the_options():
+    p = plan("--served-model-name", "agent", "--max-model-len", "16384", "--reasoning-parser", "qwen3",
+             "--chat-template", "/t.jinja", "--vllm-arg=--enforce-eager", "--vllm-arg=--kv-cache-dtype fp8",
+             "--host", "0.0.0.0", "--num-servers", "1")
+    argv = p.servers[0].argv
+    assert argv[1:3] == ("-m", "vllm.entrypoints.openai.api_server")
+    for flag, value in [("--model", "/ckpt"), ("--served-model-name", "agent"), ("--host", "0.0.0.0"),
+                        ("--port", "1900"), ("--max-model-len", "16384"), ("--reasoning-parser", "qwen3"),
+                        ("--chat-template", "/t.jinja"), ("--tool-call-parser", "hermes"),
+                        ("--kv-cache-dtype", "fp8")]:
+        assert argv[argv.index(flag) + 1] == value
+    assert "--enforce-eager" in argv and "--enable-auto-tool-choice" in argv
+    # a server bound to every interface is still reached on loopback from here
+    assert p.agent_urls == ("http://127.0.0.1:1900/v1",)
+
+
+def test_user_routing_choices():
+    assert plan().user_llm == "gpt-4o" and plan().user_urls == ()
+    p = plan("--user-llm", "qwen", "--user-api-base", "http://h:9/v1/")
+    assert (p.user_llm, p.user_urls) == ("hosted_vllm/qwen", ("http://h:9/v1",))
+    p = plan("--served-model-name", "me", "--user-llm", "me")
+    assert p.user_llm == "hosted_vllm/me" and p.user_urls == p.agent_urls
+
+
+def test_skip_server_start_uses_the_endpoint_file():
+    config = {"agent": ("http://10.0.0.5:1900/v1", "http://10.0.0.6:1900/v1"), "user": ("http://u:1/v1",)}
+    args = rl.build_parser().parse_args(["--skip-server-start", "--user-llm", "user"])
+    p = rl.build_plan(args, (), iter(()), config, "/cache")
+    assert p.servers == () and p.agent_name == "agent" and p.agent_urls == config["agent"]
+    assert p.user_llm == "hosted_vllm/user" and p.user_urls == config["user"]
+    args = rl.build_parser().parse_args(["--skip-server-start", "--served-model-name", "nope"])
+    with pytest.raises(rl.UsageError, match="no model 'nope'"):
+        rl.build_plan(args, (), iter(()), config, "/cache")
+
+
+def test_assign_lanes_merges_overlapping_gpu_sets():
+    assert rl.assign_lanes([("0", "1"), ("2",), ("1",), ("3",), ("2", "3")]) == [0, 1, 0, 2, 1]
+
+
+def test_trial_seeds_match_tau2():
+    import random
+    random.seed(300)
+    assert rl.trial_seeds(300, 3) == [random.randint(0, 1000000) for _ in range(3)]
+
+
+def test_api_key_needs():
+    assert rl.needed_api_key("gpt-4o") == "OPENAI_API_KEY"
+    assert rl.needed_api_key("claude-3-7-sonnet") == "ANTHROPIC_API_KEY"
+    assert rl.needed_api_key("anthropic/claude-x") == "ANTHROPIC_API_KEY"
+    assert rl.needed_api_key("hosted_vllm/x") is None
+
+
+def test_model_config_round_trip(tmp_path: Path):
+    path = tmp_path / "model_config_local.json"
+    rl.write_model_config(path, {"/ckpt": ["http://127.0.0.1:1900/v1", "http://127.0.0.1:1901/v1"]})
+    import json
+    doc = json.loads(path.read_text())
+    assert doc == {"/ckpt": [{"ip_addr": "127.0.0.1", "port": "1900"}, {"ip_addr": "127.0.0.1", "port": "1901"}],
+                   "vllm_model_config_path": str(path.resolve())}
+    assert rl.read_model_config(path) == {"/ckpt": ("http://127.0.0.1:1900/v1", "http://127.0.0.1:1901/v1")}
+
+
+def test_the_shipped_example_config_reads():
+    pools = rl.read_model_config(Path(rl.__file__).parent / "model_config_local.json")
+    assert len(next(iter(pools.values()))) == 2
+
+
+@pytest.mark.parametrize("text, message", [
+    ("not json", "not valid JSON"),
+    ("[1, 2]", "expected an object"),
+    ('{"m": []}', "non-empty list"),
+    ('{"m": [{"ip_addr": "h"}]}', "ip_addr"),
+    ('{"m": [{"ip_addr": "h", "port": "x1"}]}', "ip_addr"),
+    ('{"vllm_model_config_path": "p"}', "lists no endpoints"),
+])
+def test_malformed_endpoint_files_are_usage_errors(tmp_path: Path, text: str, message: str):
+    path = tmp_path / "c.json"
+    path.write_text(text)
+    with pytest.raises(rl.UsageError, match=message):
+        rl.read_model_config(path)
+
+
+def test_router_balances_and_skips_dead_servers():
+    router = rl.Router(["a", "b", "c"])
+    held = [router.acquire() for _ in range(6)]
+    assert sorted(held) == ["a", "a", "b", "b", "c", "c"]
+    router.release("a")
+    assert router.acquire() == "a"
+    router.mark_dead("b")
+    assert {router.acquire() for _ in range(4)} <= {"a", "c"}
+    router.mark_dead("a"), router.mark_dead("c")
+    with pytest.raises(rl.NoLiveServer):
+        router.acquire()
