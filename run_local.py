@@ -51,6 +51,7 @@ STOP_GRACE_S = 10.0
 ERR_TAIL_LINES = 30
 KV_RACE_MARKERS = ("Available KV cache memory: -", "No available memory for the cache blocks")
 SECRET_ENV_SUFFIXES = ("_API_KEY", "_TOKEN", "_SECRET")
+SECRET_FLAG_WORDS = {"key", "token", "secret", "password"}
 SEED_SCRIPT_SERVERS = 4  # the seed script's default server count, capped to the GPUs available
 
 EXAMPLES = """\
@@ -474,7 +475,7 @@ def pick_agent_name(args: argparse.Namespace, config: dict[str, tuple[str, ...]]
         if wanted not in config:
             raise UsageError(f"{args.model_config_path} lists no model {wanted!r} (it lists: {', '.join(config)})")
         return wanted
-    agents = [name for name in config if name != args.user_llm]
+    agents = list(config) if len(config) == 1 else [name for name in config if name != args.user_llm]
     if len(agents) != 1:
         raise UsageError(f"{args.model_config_path} lists several models; name the agent with --served-model-name")
     return agents[0]
@@ -885,8 +886,10 @@ class Fleet:
 
 
 class Router:
-    """Sends each conversation to the live server with the fewest conversations in flight, so load stays
-    even and each conversation's prefix cache stays on one server."""
+    """Sends each conversation to a live server with the fewest conversations in flight, so load stays
+    even and each conversation's prefix cache stays on one server. Servers within one conversation of
+    the fewest count as equally busy; of those the one that has served the fewest conversations wins,
+    so conversation counts stay even too when conversations differ in length."""
 
     def __init__(self, urls: Iterable[str]):
         self._lock = threading.Lock()
@@ -899,7 +902,9 @@ class Router:
         with self._lock:
             if not self.live:
                 raise NoLiveServer("no live server left")
-            url = min((u for u in self.urls if u in self.live), key=lambda u: (self.in_flight[u], self.served[u]))
+            live = [u for u in self.urls if u in self.live]
+            least = min(self.in_flight[u] for u in live)
+            url = min((u for u in live if self.in_flight[u] <= least + 1), key=lambda u: (self.served[u], self.in_flight[u]))
             self.in_flight[url] += 1
             self.served[url] += 1
             return url
@@ -927,24 +932,18 @@ class Lease:
         self.router, self.on_dead = router, on_dead
         self.url = router.acquire()
 
-    def fail_over(self) -> None:
-        """Called after a failed call: drop the server if it no longer serves, then hold another."""
-        if not serves(self.url, timeout=2.0):
-            self.on_dead(self.url)
+    def server_gone(self) -> bool:
+        """After a failed call: did the server go (no answer on /health), or was it the model's doing?"""
+        return not serves(self.url, timeout=2.0)
+
+    def move(self) -> None:
+        """Drop the gone server from routing and hold another."""
+        self.on_dead(self.url)
         self.router.release(self.url)
         self.url = self.router.acquire()
 
     def close(self) -> None:
         self.router.release(self.url)
-
-
-def is_server_gone(exc: BaseException) -> bool:
-    """A call failed because its server is unreachable, not because of what the model said."""
-    import litellm
-
-    gone = (litellm.APIConnectionError, litellm.ServiceUnavailableError, litellm.Timeout,
-            ConnectionError, TimeoutError)
-    return isinstance(exc, gone) or isinstance(getattr(exc, "__cause__", None), gone)
 
 
 def load_tau2(log_path: Path) -> Any:
@@ -970,11 +969,11 @@ def load_tau2(log_path: Path) -> Any:
                 self.llm_args["api_base"] = self.lease.url
                 try:
                     return super().generate_next_message(message, state)
-                except Exception as exc:
+                except Exception:
                     del state.messages[kept:]  # the call is retried with the same history
-                    if not is_server_gone(exc) or attempt == SIMULATION_ATTEMPTS - 1:
+                    if attempt == SIMULATION_ATTEMPTS - 1 or not self.lease.server_gone():
                         raise
-                    self.lease.fail_over()
+                    self.lease.move()
 
     if AGENT_IMPLEMENTATION not in tau2.run.registry.get_agents():
         tau2.run.registry.register_agent(RoutedAgent, AGENT_IMPLEMENTATION)
@@ -1053,9 +1052,14 @@ def redact(text: str, secrets: Iterable[str]) -> str:
     return text
 
 
-def secret_values(env: dict[str, str]) -> tuple[str, ...]:
-    """Values that must never reach an output or a log: API keys and tokens from the environment."""
-    return tuple(v for k, v in env.items() if k.endswith(SECRET_ENV_SUFFIXES) and len(v) >= 8)
+def secret_values(env: dict[str, str], argv: Sequence[str] = ()) -> tuple[str, ...]:
+    """Values that must never reach an output or a log: API keys and tokens from the environment, and
+    the value of any --api-key/--token flag on the command line (also inside --vllm-arg)."""
+    words = [w for arg in argv for w in shlex.split(arg.split("=", 1)[1] if arg.startswith("--vllm-arg=") else arg)]
+    words = [piece for w in words for piece in (w.split("=", 1) if w.startswith("--") else [w])]
+    flagged = [value for flag, value in zip(words, words[1:]) if flag.startswith("--") and SECRET_FLAG_WORDS & set(flag.lstrip("-").replace("_", "-").split("-"))]
+    from_env = [v for k, v in env.items() if k.endswith(SECRET_ENV_SUFFIXES) and len(v) >= 8]
+    return tuple(sorted({*from_env, *flagged}, key=len, reverse=True))
 
 
 def run_info(tau2_run: Any, plan: Plan, domain: str) -> Any:
@@ -1141,8 +1145,9 @@ class Evaluation:
         self.say(text)
 
     def run_one(self, job: Job) -> Any:
-        """One simulation with stock τ²-bench; a vanished server means running it again elsewhere,
-        an error of the model's making is recorded as τ²-bench records it (agent_error, reward 0)."""
+        """One simulation with stock τ²-bench. A failure with a server gone means running it again
+        elsewhere; a failure with every server still serving is the model's doing (malformed tool-call
+        JSON, say) and is recorded as τ²-bench records it (agent_error, reward 0)."""
         last: BaseException | None = None
         for _ in range(SIMULATION_ATTEMPTS):
             agent = Lease(self.agent_pool, self.on_dead)
@@ -1160,12 +1165,12 @@ class Evaluation:
             except NoLiveServer:
                 raise
             except Exception as exc:
-                if not is_server_gone(exc):
+                gone = [lease.url for lease in (agent, user) if lease and lease.server_gone()]
+                if not gone:
                     return failed_simulation(self.tau2, job, exc)
+                for url in gone:
+                    self.on_dead(url)
                 last = exc
-                for lease in (agent, user):
-                    if lease and not serves(lease.url, timeout=2.0):
-                        self.on_dead(lease.url)
             finally:
                 agent.close()
                 if user:
@@ -1573,7 +1578,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         tau2_run = load_tau2(plan.log_dir / f"run_local_{stamp}.log")
         tasks = {d: load_tasks(tau2_run, d, plan.eval) for d in plan.eval.domains}
-        secrets = secret_values(env)
+        secrets = secret_values(env, argv)
         runs = {d: open_domain(tau2_run, plan, d, tasks[d], secrets) for d in plan.eval.domains}
     except UsageError as exc:
         print(f"run_local.py: error: {exc}", file=sys.stderr)
@@ -1612,7 +1617,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("run_local.py: interrupted; servers stopped, finished simulations kept", file=sys.stderr)
         code = 130
     # 5. write the results and print the scores (also after a failure: what finished is kept)
-    summary = write_report(ev, plan, argv, started, time.monotonic() - began, visible, secret_values(env))
+    summary = write_report(ev, plan, argv, started, time.monotonic() - began, visible, secrets)
     print_summary(console, summary)
     for run in runs.values():
         if run.error:

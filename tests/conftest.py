@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+# Offline, as the launcher runs: litellm (imported with tau2) must not try to fetch its cost map.
+os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCHER = ROOT / "run_local.py"
 STANDIN = ROOT / "tests" / "standin"

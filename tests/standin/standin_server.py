@@ -1,0 +1,491 @@
+"""Deterministic OpenAI-compatible stand-in for a vLLM server (tests/benchmarks only).
+
+It plays BOTH roles of a tau2-bench simulation from one endpoint:
+
+* user simulator  - the request's system prompt contains ``<scenario>...</scenario>``
+  (tau2/user/user_simulator.py SYSTEM_PROMPT).  The scenario text is exactly
+  ``str(task.user_scenario)``, which is matched against the tau2 task sets
+  (mock, retail, airline, telecom; loaded lazily, first chat request only).
+  First turn: ``Hi, I need help. [domain:<d>] [task:<id>]``.
+  Any later turn (i.e. after the agent answered with text): ``###STOP###``.
+* agent           - the system prompt starts with ``<instructions>`` and contains
+  ``<policy>`` (tau2/agent/llm_agent.py SYSTEM_PROMPT).  The agent reads the
+  ``[domain:..] [task:..]`` tags from the latest user message that has them and
+  replays the task's gold actions (requestor == "assistant") as one tool call per
+  turn, then sends one final text message (which quotes the task's
+  ``communicate_info``).  Tasks listed in STANDIN_FAIL_TASKS get only a refusal.
+* anything else   - a short fixed text reply ("OK.") - handy for smoke checks.
+
+Several tau2 tasks share an identical user scenario (e.g. mock create_task_1*,
+update_task_with_*).  The user simulator cannot tell them apart, so it always
+names the FIRST task of the task set with that scenario (the "canonical" task);
+STANDIN_FAIL_TASKS / STANDIN_MALFORMED_TOOL_JSON are matched against that
+canonical id.  tests/standin/known_rewards.py accounts for this.
+
+Run as ``python standin_server.py --model M [--served-model-name N] --host H --port P``
+or through the fake ``vllm`` package next to this file
+(``python -m vllm.entrypoints.openai.api_server ...`` with tests/standin on PYTHONPATH).
+Unknown (vLLM) flags are ignored.
+
+Environment variables (faults apply only to ports in STANDIN_FAULT_PORTS, if set):
+  STANDIN_STARTUP_DELAY=S           sleep S seconds before binding
+  STANDIN_CRASH_AT_START=1          vLLM-like traceback on stderr, exit 1, never binds
+  STANDIN_HANG_AT_START=1           never binds, sleeps forever
+  STANDIN_KV_RACE_ONCE=<marker>     first start (marker absent): create marker, print the
+                                    KV-cache ValueError, exit 1; later starts are normal
+  STANDIN_CRASH_AFTER=N             os._exit(1) right after the N-th chat completion is sent
+  STANDIN_TOKEN_DELAY=sec/token     each completion sleeps completion_tokens * delay ...
+  STANDIN_MAX_CONCURRENT=K          ... with at most K completions in flight (semaphore)
+  STANDIN_SPAWN_CHILD=1             spawn ``sleep 100000`` (same process group) at startup,
+                                    like vLLM's EngineCore; it is deliberately NOT cleaned
+                                    up by the stand-in - the launcher must kill the group
+  STANDIN_FAIL_TASKS=a,b            tasks the agent does not solve ("id" or "domain/id")
+  STANDIN_MALFORMED_TOOL_JSON=a,b   agent's first turn is a tool call with invalid JSON args
+  STANDIN_TASK_SETS=mock,retail     restrict/reorder the task sets searched (default:
+                                    mock,retail,airline,telecom)
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+STOP_TOKEN = "###STOP###"  # tau2.user.base.STOP
+DEFAULT_TASK_SETS = ("mock", "retail", "airline", "telecom")
+GREETING = "Hi, I need help."
+FAIL_TEXT = "I'm sorry, but I am unable to help with this request."
+SOLVED_TEXT = "All done: your request has been handled."
+UNKNOWN_TEXT = "OK."
+
+KV_RACE_MESSAGE = (
+    "ValueError: No available memory for the cache blocks. Try increasing "
+    "gpu_memory_utilization when initializing the engine. "
+    "Available KV cache memory: -0.43 GiB"
+)
+
+CRASH_TRACEBACK = """\
+(EngineCore_0 pid={pid}) ERROR {ts} [core.py:700] EngineCore failed to start.
+(EngineCore_0 pid={pid}) ERROR {ts} [core.py:700] Traceback (most recent call last):
+(EngineCore_0 pid={pid}) ERROR {ts} [core.py:700]   File "/usr/local/lib/python3.12/dist-packages/vllm/v1/engine/core.py", line 691, in run_engine_core
+(EngineCore_0 pid={pid}) ERROR {ts} [core.py:700]     engine_core = EngineCoreProc(*args, **kwargs)
+(EngineCore_0 pid={pid}) ERROR {ts} [core.py:700]   File "/usr/local/lib/python3.12/dist-packages/vllm/worker/worker.py", line 271, in load_model
+(EngineCore_0 pid={pid}) ERROR {ts} [core.py:700] torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 1.96 GiB. GPU 0 has a total capacity of 79.19 GiB of which 1.02 GiB is free.
+Traceback (most recent call last):
+  File "<frozen runpy>", line 198, in _run_module_as_main
+  File "<frozen runpy>", line 88, in _run_code
+  File "/usr/local/lib/python3.12/dist-packages/vllm/entrypoints/openai/api_server.py", line 1856, in <module>
+    uvloop.run(run_server(args))
+  File "/usr/local/lib/python3.12/dist-packages/vllm/v1/engine/core_client.py", line 447, in __init__
+    self._wait_for_engine_startup()
+  File "/usr/local/lib/python3.12/dist-packages/vllm/v1/engine/utils.py", line 723, in wait_for_engine_startup
+    raise RuntimeError("Engine core initialization failed. "
+RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {{'EngineCore_0': 1}}
+"""
+
+_TAG_RE = re.compile(r"\[domain:([^\]\s]+)\]\s*\[task:(.+?)\](?:\s|$)")
+_SCENARIO_RE = re.compile(r"<scenario>\n(.*)\n</scenario>", re.DOTALL)
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _env(name: str, default: str = "") -> str:
+    return os.environ.get(name, default)
+
+
+def _id_list(name: str) -> set[str]:
+    return {x.strip() for x in _env(name).split(",") if x.strip()}
+
+
+def id_listed(domain: str, task_id: str, ids) -> bool:
+    """An entry matches a bare task id (any domain) or 'domain/task_id'."""
+    ids = set(ids or ())
+    return task_id in ids or f"{domain}/{task_id}" in ids
+
+
+# --------------------------------------------------------------------------------------
+# tau2 task data (lazy)
+# --------------------------------------------------------------------------------------
+_tasks_lock = threading.Lock()
+_tasks_by_set: dict[str, list] = {}
+_scenario_index: dict[str, tuple[str, str]] = {}  # scenario text -> (task_set, canonical id)
+
+
+def load_task_set(task_set: str) -> list:
+    """All tasks of a tau2 task set (split=None), in file order. Cached."""
+    with _tasks_lock:
+        if task_set not in _tasks_by_set:
+            import importlib
+
+            mod = importlib.import_module(f"tau2.domains.{task_set}.environment")
+            tasks = mod.get_tasks(task_split_name=None)
+            _tasks_by_set[task_set] = tasks
+            for t in tasks:
+                # first task with a given scenario wins ("canonical" task)
+                _scenario_index.setdefault(str(t.user_scenario), (task_set, t.id))
+                _scenario_index.setdefault(_norm(str(t.user_scenario)), (task_set, t.id))
+        return _tasks_by_set[task_set]
+
+
+def _norm(s: str) -> str:
+    return " ".join(s.split())
+
+
+def task_sets() -> list[str]:
+    v = [x.strip() for x in _env("STANDIN_TASK_SETS").split(",") if x.strip()]
+    return v or list(DEFAULT_TASK_SETS)
+
+
+def get_task(task_set: str, task_id: str):
+    for t in load_task_set(task_set):
+        if t.id == task_id:
+            return t
+    return None
+
+
+def match_scenario(scenario: str) -> tuple[str, str] | None:
+    for ts in task_sets():
+        try:
+            load_task_set(ts)
+        except Exception as e:  # tau2 missing or broken: no scripted tasks
+            log(f"standin: cannot load task set {ts}: {e!r}")
+            continue
+        hit = _scenario_index.get(scenario) or _scenario_index.get(_norm(scenario))
+        if hit:
+            return hit
+    return None
+
+
+def canonical_task_id(task_set: str, task_id: str) -> str:
+    """The id the stand-in user will announce for this task (first task with same scenario)."""
+    task = get_task(task_set, task_id)
+    if task is None:
+        raise KeyError(f"{task_set}/{task_id}")
+    load_task_set(task_set)
+    return _scenario_index[str(task.user_scenario)][1]
+
+
+# --------------------------------------------------------------------------------------
+# scripted policy (shared with known_rewards.py)
+# --------------------------------------------------------------------------------------
+def agent_plan(task, solved: bool) -> tuple[list, str]:
+    """(assistant gold actions to replay, final text) for a canonical task."""
+    if not solved:
+        return [], FAIL_TEXT
+    ec = task.evaluation_criteria
+    actions = [a for a in ((ec.actions if ec else None) or []) if a.requestor == "assistant"]
+    info = list((ec.communicate_info if ec else None) or [])
+    text = SOLVED_TEXT + ("" if not info else " " + " ".join(info))
+    return actions, text
+
+
+def _tool_call(call_id: str, name: str, arguments: str) -> dict:
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+def _content_text(msg: dict) -> str:
+    c = msg.get("content")
+    if c is None:
+        return ""
+    if isinstance(c, list):  # OpenAI content parts
+        return "".join(p.get("text", "") for p in c if isinstance(p, dict))
+    return str(c)
+
+
+def detect_role(system: str) -> str:
+    s = system.lstrip()
+    if s.startswith("<instructions>") and "<policy>" in s:
+        return "agent"
+    if "<scenario>" in s and "</scenario>" in s:
+        return "user"
+    return "unknown"
+
+
+def user_turn(system: str, messages: list[dict]) -> tuple[dict, str | None]:
+    # The user simulator sees its own past messages as role=assistant.
+    for m in messages:
+        if m.get("role") == "assistant" and "[task:" in _content_text(m):
+            return {"content": STOP_TOKEN}, None
+    found = _SCENARIO_RE.search(system)
+    hit = match_scenario(found.group(1)) if found else None
+    if hit is None:
+        return {"content": f"{GREETING} [domain:unknown] [task:unknown]"}, None
+    ts, tid = hit
+    return {"content": f"{GREETING} [domain:{ts}] [task:{tid}]"}, f"{ts}/{tid}"
+
+
+def agent_turn(messages: list[dict], tools: list | None, conv_key: str) -> tuple[dict, str | None]:
+    tag_idx, tag = None, None
+    for i, m in enumerate(messages):
+        if m.get("role") == "user":
+            mt = _TAG_RE.search(_content_text(m))
+            if mt:
+                tag_idx, tag = i, (mt.group(1), mt.group(2))
+    if tag is None:
+        return {"content": FAIL_TEXT}, None
+    ts, tid = tag
+    task = None
+    try:
+        task = get_task(ts, tid) if ts in DEFAULT_TASK_SETS or ts in task_sets() else None
+    except Exception as e:
+        log(f"standin: cannot load task {ts}/{tid}: {e!r}")
+    if task is None:
+        return {"content": FAIL_TEXT}, None
+    later = messages[tag_idx + 1 :]
+    done = sum(len(m.get("tool_calls") or []) for m in later if m.get("role") == "assistant")
+    replied = any(m.get("role") == "assistant" for m in later)
+
+    if id_listed(ts, tid, _id_list("STANDIN_MALFORMED_TOOL_JSON")) and not replied:
+        actions, _ = agent_plan(task, True)
+        if actions:
+            name, args = actions[0].name, json.dumps(actions[0].arguments)
+        else:
+            name = ((tools or [{}])[0].get("function") or {}).get("name", "unknown_tool")
+            args = '{"query": "x"}'
+        broken = args[: max(1, len(args) // 2)]  # truncated object -> never valid JSON
+        return {"content": None, "tool_calls": [_tool_call(f"chatcmpl-tool-{conv_key[:12]}-0", name, broken)]}, f"{ts}/{tid}"
+
+    solved = not id_listed(ts, tid, _id_list("STANDIN_FAIL_TASKS"))
+    actions, final_text = agent_plan(task, solved)
+    if done < len(actions):
+        a = actions[done]
+        call = _tool_call(f"chatcmpl-tool-{conv_key[:12]}-{done}", a.name, json.dumps(a.arguments))
+        return {"content": None, "tool_calls": [call]}, f"{ts}/{tid}"
+    return {"content": final_text}, f"{ts}/{tid}"
+
+
+# --------------------------------------------------------------------------------------
+# HTTP server
+# --------------------------------------------------------------------------------------
+class State:
+    def __init__(self, served_names: list[str], port: int, faults_on: bool):
+        self.served_names = served_names
+        self.port = port
+        self.faults_on = faults_on
+        self.lock = threading.Lock()
+        self.chat_requests = 0
+        self.conversations: dict[str, dict] = {}
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.crash_after = int(_env("STANDIN_CRASH_AFTER", "0") or 0) if faults_on else 0
+        self.token_delay = float(_env("STANDIN_TOKEN_DELAY", "0") or 0)
+        k = int(_env("STANDIN_MAX_CONCURRENT", "0") or 0)
+        self.sem = threading.BoundedSemaphore(k) if k > 0 else None
+        self.started = time.time()
+
+
+def _tokens(text: str) -> int:
+    return max(1, math.ceil(len(text) / 4))
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "standin-vllm/0"
+    state: State  # set on the class by serve()
+
+    def log_message(self, fmt, *args):  # uvicorn-like access log, stdout
+        if _env("STANDIN_QUIET") != "1":
+            sys.stdout.write("INFO:     %s - %s\n" % (self.client_address[0], fmt % args))
+            sys.stdout.flush()
+
+    def _send(self, code: int, obj) -> None:
+        body = json.dumps(obj).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        self.wfile.flush()
+
+    def _path(self) -> str:
+        p = self.path.split("?", 1)[0].rstrip("/")
+        return p[3:] if p.startswith("/v1/") else p
+
+    def do_GET(self):
+        p = self._path()
+        st = self.state
+        if p in ("/health", "/ping"):
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif p == "/models":
+            now = int(st.started)
+            self._send(200, {"object": "list", "data": [
+                {"id": n, "object": "model", "created": now, "owned_by": "vllm", "root": n,
+                 "parent": None, "max_model_len": 32768} for n in st.served_names]})
+        elif p == "/version":
+            self._send(200, {"version": "0.0.0+standin"})
+        elif p == "/stats":
+            with st.lock:
+                self._send(200, {
+                    "chat_requests": st.chat_requests,
+                    "conversations": len(st.conversations),
+                    "conversation_keys": list(st.conversations),
+                    "conversation_info": st.conversations,
+                    "max_in_flight": st.max_in_flight,
+                    "port": st.port,
+                    "pid": os.getpid(),
+                })
+        else:
+            self._send(404, {"detail": "Not Found"})
+
+    def do_POST(self):
+        p = self._path()
+        n = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(n) if n else b""
+        if p != "/chat/completions":
+            self._send(404, {"detail": "Not Found"})
+            return
+        try:
+            req = json.loads(raw or b"{}")
+        except json.JSONDecodeError as e:
+            self._send(400, {"object": "error", "message": f"invalid JSON body: {e}", "type": "BadRequestError", "param": None, "code": 400})
+            return
+        if req.get("stream"):
+            self._send(400, {"object": "error", "message": "stand-in does not support streaming", "type": "BadRequestError", "param": None, "code": 400})
+            return
+        model = req.get("model")
+        if model not in self.state.served_names:
+            self._send(404, {"object": "error", "message": f"The model `{model}` does not exist.", "type": "NotFoundError", "param": None, "code": 404})
+            return
+        self._chat(req)
+
+    def _chat(self, req: dict) -> None:
+        st = self.state
+        messages = req.get("messages") or []
+        system = "\n".join(_content_text(m) for m in messages if m.get("role") == "system")
+        first_user = next((_content_text(m) for m in messages if m.get("role") == "user"), "")
+        key = hashlib.sha256((system + "\x00" + first_user).encode()).hexdigest()[:16]
+        role = detect_role(system)
+        try:
+            if role == "user":
+                msg, task_ref = user_turn(system, messages)
+            elif role == "agent":
+                msg, task_ref = agent_turn(messages, req.get("tools"), key)
+            else:
+                msg, task_ref = {"content": UNKNOWN_TEXT}, None
+        except Exception as e:  # never 500 silently: report like vLLM would
+            log(f"standin: error building reply: {e!r}")
+            self._send(500, {"object": "error", "message": repr(e), "type": "InternalServerError", "param": None, "code": 500})
+            return
+
+        prompt_tokens = _tokens("".join(_content_text(m) for m in messages) + json.dumps(req.get("tools") or []))
+        out = msg.get("content") or json.dumps(msg.get("tool_calls") or [])
+        completion_tokens = _tokens(out)
+
+        if st.sem:
+            st.sem.acquire()
+        try:
+            with st.lock:
+                st.in_flight += 1
+                st.max_in_flight = max(st.max_in_flight, st.in_flight)
+            if st.token_delay > 0:
+                time.sleep(completion_tokens * st.token_delay)
+            with st.lock:
+                st.in_flight -= 1
+                st.chat_requests += 1
+                served = st.chat_requests
+                info = st.conversations.setdefault(key, {"role": role, "task": task_ref, "requests": 0})
+                info["requests"] += 1
+                if task_ref and not info.get("task"):
+                    info["task"] = task_ref
+        finally:
+            if st.sem:
+                st.sem.release()
+
+        message = {"role": "assistant", "content": msg.get("content"), "tool_calls": msg.get("tool_calls") or [],
+                   "reasoning_content": None}
+        resp = {
+            "id": f"chatcmpl-{key}-{served}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": req.get("model"),
+            "choices": [{"index": 0, "message": message, "logprobs": None,
+                         "finish_reason": "tool_calls" if msg.get("tool_calls") else "stop",
+                         "stop_reason": None}],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens},
+        }
+        self._send(200, resp)
+        if st.crash_after and served >= st.crash_after:
+            log("ERROR: EngineCore encountered a fatal error. (stand-in STANDIN_CRASH_AFTER="
+                f"{st.crash_after} reached)\nvllm.v1.engine.exceptions.EngineDeadError: EngineCore encountered an issue.")
+            os._exit(1)
+
+
+class _Server(ThreadingHTTPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+    request_queue_size = 256
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(prog="standin vllm api_server", add_help=True)
+    ap.add_argument("--model", default="standin")
+    ap.add_argument("--served-model-name", nargs="+", default=None)
+    ap.add_argument("--host", default="0.0.0.0")
+    ap.add_argument("--port", type=int, default=8000)
+    args, unknown = ap.parse_known_args(argv)
+    return args, unknown
+
+
+def main(argv=None) -> None:
+    args, unknown = parse_args(argv)
+    served = args.served_model_name or [args.model]
+    ports = {p.strip() for p in _env("STANDIN_FAULT_PORTS").split(",") if p.strip()}
+    faults_on = not ports or str(args.port) in ports
+    log(f"INFO {time.strftime('%m-%d %H:%M:%S')} [api_server.py] stand-in vLLM pid={os.getpid()} "
+        f"model={args.model} served={served} port={args.port} faults={'on' if faults_on else 'off'} "
+        f"ignored_args={unknown}")
+
+    if _env("STANDIN_SPAWN_CHILD") == "1":
+        child = subprocess.Popen(["sleep", "100000"], stdin=subprocess.DEVNULL)
+        log(f"INFO [core.py] EngineCore_0 child started pid={child.pid}")
+
+    if faults_on:
+        if _env("STANDIN_CRASH_AT_START") == "1":
+            sys.stderr.write(CRASH_TRACEBACK.format(pid=os.getpid(), ts=time.strftime("%m-%d %H:%M:%S")))
+            sys.stderr.flush()
+            sys.exit(1)
+        marker = _env("STANDIN_KV_RACE_ONCE")
+        if marker and not os.path.exists(marker):
+            with open(marker, "w") as f:
+                f.write(f"{os.getpid()}\n")
+            sys.stderr.write("Traceback (most recent call last):\n"
+                             '  File "/usr/local/lib/python3.12/dist-packages/vllm/v1/core/kv_cache_utils.py", line 699, in check_enough_kv_cache_memory\n'
+                             f"{KV_RACE_MESSAGE}\n")
+            sys.stderr.flush()
+            sys.exit(1)
+        if _env("STANDIN_HANG_AT_START") == "1":
+            log("INFO [gpu_model_runner.py] Loading model weights ... (stand-in: hanging forever)")
+            while True:
+                time.sleep(3600)
+        delay = float(_env("STANDIN_STARTUP_DELAY", "0") or 0)
+        if delay > 0:
+            time.sleep(delay)
+
+    Handler.state = State(served, args.port, faults_on)
+    httpd = _Server((args.host, args.port), Handler)
+    print(f"INFO:     Started server process [{os.getpid()}]", flush=True)
+    print("INFO:     Application startup complete.", flush=True)
+    print(f"INFO:     Uvicorn running on http://{args.host}:{args.port} (Press CTRL+C to quit)", flush=True)
+    try:
+        httpd.serve_forever(poll_interval=0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        httpd.server_close()
+
+
+if __name__ == "__main__":
+    main()

