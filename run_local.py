@@ -52,7 +52,8 @@ ERR_TAIL_LINES = 30
 KV_RACE_MARKERS = ("Available KV cache memory: -", "No available memory for the cache blocks")
 SECRET_ENV_SUFFIXES = ("_API_KEY", "_TOKEN", "_SECRET")
 SECRET_FLAG_WORDS = {"key", "token", "secret", "password"}
-SEED_SCRIPT_SERVERS = 4  # the seed script's default server count, capped to the GPUs available
+SEED_SCRIPT_SERVERS = 4
+CPU_KV_CACHE_GIB = "2"  # KV cache per server on a machine without GPU  # the seed script's default server count, capped to the GPUs available
 
 EXAMPLES = """\
 examples:
@@ -161,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-concurrency", type=int,
                    help="simulations in flight at once (default: 16 per agent server)")
     e.add_argument("--seed", type=int, default=300, help="τ²-bench seed (default: 300)")
+    e.add_argument("--max-new-tokens", type=int,
+                   help="cap on tokens per agent and user reply (default: none, as τ²-bench; small models "
+                        "that ramble until the context is full need one)")
     e.add_argument("--parallel-domains", action="store_true",
                    help="run all domains at once over the shared servers")
     e.add_argument("--overwrite", action="store_true",
@@ -215,9 +219,14 @@ class EvalSettings:
     max_steps: int
     max_concurrency: int
     seed: int
+    max_new_tokens: int | None
     parallel_domains: bool
     overwrite: bool
     output_dir: Path
+
+    def llm_args(self) -> dict[str, Any]:
+        """Sampling arguments of every agent and user call: greedy, as τ²-bench's defaults."""
+        return {"temperature": 0.0, **({"max_tokens": self.max_new_tokens} if self.max_new_tokens else {})}
 
 
 @dataclass(frozen=True)
@@ -272,7 +281,7 @@ def check_numbers(args: argparse.Namespace) -> None:
         "--max-concurrency": args.max_concurrency, "--num-tasks": args.num_tasks,
         "--tensor-parallel-size": args.tensor_parallel_size, "--servers-per-gpu": args.servers_per_gpu,
         "--user-tensor-parallel-size": args.user_tensor_parallel_size, "--max-model-len": args.max_model_len,
-        "--server-timeout": args.server_timeout,
+        "--server-timeout": args.server_timeout, "--max-new-tokens": args.max_new_tokens,
     }
     for flag, value in positive.items():
         if value is not None and value <= 0:
@@ -383,20 +392,22 @@ def vllm_argv(model: str, served: str, host: str, port: int, tp: int, mem: float
     return tuple(argv)
 
 
-def server_env(gpus: tuple[str, ...], lane: int, cache_root: str) -> tuple[tuple[str, str], ...]:
+def server_env(gpus: tuple[str, ...], lane: int, cache_root: str, cpu_kv_gib: str) -> tuple[tuple[str, str], ...]:
     """Per-server environment: its GPUs, and a compile cache per lane.
 
     Servers of one lane start one after another, so the first warms the cache for the rest; lanes start
     at once, and never write the same cache (concurrent torch.compile writes have corrupted caches).
+    On the CPU a fixed KV-cache size: vLLM's CPU build otherwise reserves 92% of the memory node and
+    refuses to start when other processes hold some of it.
     """
-    env = [("VLLM_CACHE_ROOT", f"{cache_root}/run_local/lane{lane}")]
+    cache = ("VLLM_CACHE_ROOT", f"{cache_root}/run_local/lane{lane}")
     if gpus:
-        env.insert(0, ("CUDA_VISIBLE_DEVICES", ",".join(gpus)))
-    return tuple(env)
+        return (("CUDA_VISIBLE_DEVICES", ",".join(gpus)), cache)
+    return (("VLLM_CPU_KVCACHE_SPACE", cpu_kv_gib), cache)
 
 
 def build_servers(args: argparse.Namespace, visible: tuple[str, ...], ports: Iterator[int],
-                  cache_root: str) -> tuple[ServerSpec, ...]:
+                  cache_root: str, cpu_kv_gib: str) -> tuple[ServerSpec, ...]:
     """The fleet: placement, lanes, ports and commands, with no process started."""
     placed = place_servers(args, visible)
     lanes = assign_lanes([gpus for _, gpus in placed])
@@ -411,7 +422,7 @@ def build_servers(args: argparse.Namespace, visible: tuple[str, ...], ports: Ite
         mem = memory_share(sharing[gpus], args.gpu_memory_utilization) if gpus else None
         specs.append(ServerSpec(role, model, served, args.host, port, gpus, lane,
                                 vllm_argv(model, served, args.host, port, tp, mem, args, agent),
-                                server_env(gpus, lane, cache_root)))
+                                server_env(gpus, lane, cache_root, cpu_kv_gib)))
     return tuple(specs)
 
 
@@ -443,12 +454,12 @@ def eval_settings(args: argparse.Namespace, agent_servers: int) -> EvalSettings:
         domains=tuple(args.domains), num_tasks=args.num_tasks,
         task_ids=tuple(args.task_ids) if args.task_ids else None, num_trials=args.num_trials,
         max_steps=args.max_steps, max_concurrency=args.max_concurrency or 16 * max(agent_servers, 1),
-        seed=args.seed, parallel_domains=args.parallel_domains, overwrite=args.overwrite,
+        seed=args.seed, max_new_tokens=args.max_new_tokens, parallel_domains=args.parallel_domains, overwrite=args.overwrite,
         output_dir=Path(args.output_dir))
 
 
 def build_plan(args: argparse.Namespace, visible: tuple[str, ...], ports: Iterator[int],
-               config: dict[str, tuple[str, ...]], cache_root: str) -> Plan:
+               config: dict[str, tuple[str, ...]], cache_root: str, cpu_kv_gib: str = CPU_KV_CACHE_GIB) -> Plan:
     """Turn arguments into a plan. Pure: the GPUs seen, the ports and a read endpoint file come in."""
     check_numbers(args)
     if args.skip_server_start:
@@ -460,7 +471,7 @@ def build_plan(args: argparse.Namespace, visible: tuple[str, ...], ports: Iterat
         if not args.agent_model:
             raise UsageError("--agent-model is required (or set $CKPT_DIR), unless --skip-server-start")
         agent_name = agent_served_name(args)
-        servers = build_servers(args, visible, ports, cache_root)
+        servers = build_servers(args, visible, ports, cache_root, cpu_kv_gib)
         agent_urls = tuple(s.url for s in servers if s.role == "agent")
         user_server_urls = tuple(s.url for s in servers if s.role == "user")
     user_llm, user_urls = resolve_user(args, agent_name, agent_urls, user_server_urls, config)
@@ -704,7 +715,9 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
-def tail(path: Path, lines: int = ERR_TAIL_LINES) -> str:
+def tail(path: Path | None, lines: int = ERR_TAIL_LINES) -> str:
+    if path is None:
+        return ""
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
@@ -738,15 +751,18 @@ class Server:
         self.state, self.launched_at, self.attempts = "starting", time.monotonic(), self.attempts + 1
 
     def failure(self, why: str) -> ServerFailed:
-        """A failure message with the log tail and the command to reproduce it by hand."""
+        """A failure message with the log tail, vLLM's own error lines (its logger writes to stdout),
+        and the command to reproduce it by hand."""
+        errors = [line for line in tail(self.out_path, 400).splitlines() if " ERROR " in line or "Error:" in line]
+        logged = f"--- last error lines of {self.out_path} ---\n" + "\n".join(errors[-5:]) + "\n" if errors else ""
         return ServerFailed(
             f"{self.spec.label} (GPUs {','.join(self.spec.gpus) or 'none'}) {why}\n"
-            f"--- last {ERR_TAIL_LINES} lines of {self.err_path} ---\n{tail(self.err_path)}\n"
+            f"--- last {ERR_TAIL_LINES} lines of {self.err_path} ---\n{tail(self.err_path)}\n{logged}"
             f"--- reproduce by hand ---\n{self.spec.shell_command()}")
 
     def lost_memory_race(self) -> bool:
         """vLLM's memory profiling saw another server allocating: worth one more try."""
-        text = tail(self.err_path, 200) if self.err_path else ""
+        text = tail(self.err_path, 200) + tail(self.out_path, 200)
         return any(marker in text for marker in KV_RACE_MARKERS)
 
 
@@ -1067,8 +1083,8 @@ def run_info(tau2_run: Any, plan: Plan, domain: str) -> Any:
     between resumed runs, keys must never be written."""
     return tau2_run.get_info(
         domain=domain, agent=AGENT_IMPLEMENTATION, user=USER_IMPLEMENTATION,
-        llm_agent=hosted(plan.agent_name), llm_args_agent={"temperature": 0.0},
-        llm_user=plan.user_llm, llm_args_user={"temperature": 0.0},
+        llm_agent=hosted(plan.agent_name), llm_args_agent=plan.eval.llm_args(),
+        llm_user=plan.user_llm, llm_args_user=plan.eval.llm_args(),
         num_trials=plan.eval.num_trials, max_steps=plan.eval.max_steps, max_errors=MAX_ERRORS,
         seed=plan.eval.seed)
 
@@ -1153,11 +1169,11 @@ class Evaluation:
             agent = Lease(self.agent_pool, self.on_dead)
             user = Lease(self.user_pool, self.on_dead) if self.user_pool else None
             try:
-                user_args = {"temperature": 0.0, **({"api_base": user.url} if user else {})}
+                user_args = {**self.plan.eval.llm_args(), **({"api_base": user.url} if user else {})}
                 simulation = self.tau2.run_task(
                     domain=job.domain, task=job.task, agent=AGENT_IMPLEMENTATION, user=USER_IMPLEMENTATION,
                     llm_agent=hosted(self.plan.agent_name),
-                    llm_args_agent={"temperature": 0.0, "num_retries": 1, "lease": agent},
+                    llm_args_agent={**self.plan.eval.llm_args(), "num_retries": 1, "lease": agent},
                     llm_user=self.plan.user_llm, llm_args_user={**user_args, "num_retries": 2},
                     max_steps=self.plan.eval.max_steps, max_errors=MAX_ERRORS, seed=job.seed)
                 simulation.trial = job.trial
@@ -1517,9 +1533,10 @@ def describe_plan(plan: Plan) -> str:
     lines.append("benchmark: stock τ²-bench run_task per simulation, each conversation on the least busy "
                  "server; the one-endpoint equivalent with τ²-bench's CLI:")
     for domain in e.domains:
-        user_args = {"api_base": plan.user_urls[0], "temperature": 0} if plan.user_urls else {"temperature": 0}
+        user_args = {**({"api_base": plan.user_urls[0]} if plan.user_urls else {}), **e.llm_args()}
+        agent_args = {"api_base": plan.agent_urls[0] if plan.agent_urls else "", **e.llm_args()}
         cmd = ["tau2", "run", "--domain", domain, "--agent-llm", hosted(plan.agent_name),
-               "--agent-llm-args", json.dumps({"api_base": plan.agent_urls[0] if plan.agent_urls else "", "temperature": 0}),
+               "--agent-llm-args", json.dumps(agent_args),
                "--user-llm", plan.user_llm, "--user-llm-args", json.dumps(user_args),
                "--num-trials", str(e.num_trials), "--max-steps", str(e.max_steps), "--seed", str(e.seed),
                "--max-concurrency", str(e.max_concurrency)]
@@ -1544,7 +1561,8 @@ def make_plan(args: argparse.Namespace, env: dict[str, str]) -> tuple[Plan, tupl
     start = parse_start_port(args.start_port)
     ports = free_ports(args.host) if start is None else iter(range(start, 65536))
     cache_root = env.get("VLLM_CACHE_ROOT") or str(Path.home() / ".cache" / "vllm")
-    return build_plan(args, visible, ports, config, cache_root), visible
+    cpu_kv_gib = env.get("VLLM_CPU_KVCACHE_SPACE") or CPU_KV_CACHE_GIB
+    return build_plan(args, visible, ports, config, cache_root, cpu_kv_gib), visible
 
 
 def install_signal_handlers() -> None:

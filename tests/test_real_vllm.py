@@ -1,0 +1,91 @@
+"""Real vLLM (the CPU build) serving the tiny real model, started by run_local.py as a user would."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import LAUNCHER, ROOT, TINY_MODEL, run_launcher
+
+import run_local as rl
+
+SERVER_FLAGS = ["--agent-model", str(TINY_MODEL), "--served-model-name", "smollm2", "--user-llm", "smollm2",
+                "--max-model-len", "8192", "--max-new-tokens", "128", "--vllm-arg=--enforce-eager",
+                "--start-port", "auto"]
+
+
+def paths(tmp: Path) -> list[str]:
+    return ["--output-dir", str(tmp / "out"), "--log-dir", str(tmp / "logs"),
+            "--model-config-path", str(tmp / "model_config_local.json")]
+
+
+def server_pgids(stdout: str) -> list[int]:
+    return [int(line.split("pid ")[1].split(")")[0]) for line in stdout.splitlines() if "(GPUs" in line]
+
+
+def vllm_pids_of(model: Path) -> list[str]:
+    """PIDs of the API servers serving the model (each leads its own process group)."""
+    return [cmd.split(" ", 1)[0] for cmd in vllm_processes_of(model, with_pid=True) if "api_server" in cmd]
+
+
+def vllm_processes_of(model: Path, with_pid: bool = False) -> list[str]:
+    """Every process on the machine whose command line names the model: the whole tree, not kept PIDs."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and entry.name != str(os.getpid()):
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if str(model) in cmdline and "vllm" in cmdline and state != "Z":
+                found.append(f"{entry.name} {cmdline}" if with_pid else cmdline)
+    return found
+
+
+def test_real_vllm_end_to_end(tmp_path: Path):
+    """One real server: it serves, τ²-bench runs real conversations, results match tau2.metrics."""
+    result = run_launcher([*SERVER_FLAGS, *paths(tmp_path), "--domains", "mock", "--num-tasks", "2",
+                           "--max-steps", "6", "--max-concurrency", "2", "--num-servers", "1"], timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    from tau2.data_model.simulation import Results
+    from tau2.metrics.agent_metrics import compute_metrics
+    results = Results.load(tmp_path / "out" / "mock.json")
+    assert len(results.simulations) == 2
+    assert all(len(s.messages) > 1 or s.termination_reason.value == "agent_error" for s in results.simulations)
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["domains"]["mock"]["avg_reward"] == compute_metrics(results).avg_reward
+    assert summary["domains"]["mock"]["agent_tokens"]["completion"] > 0  # a real model answered
+    assert not vllm_processes_of(TINY_MODEL)
+
+
+def test_two_real_servers_come_up_serve_and_leave_nothing_after_sigint(tmp_path: Path):
+    proc = subprocess.Popen([sys.executable, str(LAUNCHER), *SERVER_FLAGS, *paths(tmp_path), "--num-servers", "2",
+                             "--domains", "mock", "--max-steps", "30", "--max-concurrency", "2"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    config, results = tmp_path / "model_config_local.json", tmp_path / "out" / "mock.json"
+    deadline = time.monotonic() + 400
+    while not (config.exists() and results.exists()):
+        assert proc.poll() is None and time.monotonic() < deadline, "servers did not come up"
+        time.sleep(0.5)
+    endpoints = rl.read_model_config(config)["smollm2"]
+    assert len(endpoints) == 2 and all(rl.serves(url, "smollm2") for url in endpoints)
+    api_servers = [int(p) for p in vllm_pids_of(TINY_MODEL)]
+    assert len(api_servers) == 2
+    assert all(len(rl.group_members(pid)) >= 2 for pid in api_servers)  # each with its engine core
+    time.sleep(5)  # conversations in flight on both servers
+    proc.send_signal(signal.SIGINT)
+    interrupted = time.monotonic()
+    stdout, stderr = proc.communicate(timeout=120)
+    gone_after = time.monotonic() - interrupted
+    assert proc.returncode == 130, stderr[-3000:]
+    pgids = server_pgids(stdout)
+    assert len(pgids) == 2 and not any(rl.group_members(g) for g in pgids)
+    assert not vllm_processes_of(TINY_MODEL)
+    assert gone_after < rl.STOP_GRACE_S + 10
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["domains"]["mock"]["status"] in (
+        "incomplete", "complete")
