@@ -60,9 +60,9 @@ examples:
   # score a checkpoint on all three domains, 4 servers on 4 GPUs, GPT-4o as the user simulator
   python run_local.py --agent-model $CKPT_DIR
 
-  # two domains, 8 GPUs as 4 servers of tensor-parallel 2, a local user simulator on its own GPUs
+  # 8 GPUs: 3 agent servers of tensor-parallel 2, and a local user simulator on GPUs 6,7
   python run_local.py --agent-model $CKPT_DIR --domains retail airline \\
-      --gpu-ids 0,1,2,3,4,5,6,7 --tensor-parallel-size 2 --num-servers 3 \\
+      --gpu-ids 0,1,2,3,4,5 --tensor-parallel-size 2 --num-servers 3 \\
       --user-model /models/Qwen3-32B --user-gpu-ids 6,7 --user-tensor-parallel-size 2
 
   # fully offline on one machine: the agent's own servers also play the user
@@ -373,7 +373,8 @@ def assign_lanes(gpu_sets: Sequence[tuple[str, ...]]) -> list[int]:
 
 def vllm_argv(model: str, served: str, host: str, port: int, tp: int, mem: float | None,
               args: argparse.Namespace, agent: bool) -> tuple[str, ...]:
-    """The exact vLLM command for one server; the agent's chat template and extra flags apply to it alone."""
+    """The exact vLLM command for one server. Tool calling is on for every server (in telecom the user
+    simulator calls tools too); the chat template and reasoning parser are the agent's alone."""
     argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
             "--served-model-name", served, "--host", host, "--port", str(port),
             "--enable-auto-tool-choice", "--tool-call-parser", args.tool_call_parser]
