@@ -959,7 +959,10 @@ class Lease:
         self.router.release(self.url)
         self.url = self.router.acquire()
 
-    def close(self) -> None:
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
         self.router.release(self.url)
 
 
@@ -1037,7 +1040,6 @@ class DomainRun:
     started_at: float = 0.0
     finished_at: float = 0.0
     error: str | None = None
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def done(self) -> int:
@@ -1047,9 +1049,9 @@ class DomainRun:
         return {(sim.trial, sim.task_id) for sim in self.results.simulations}
 
     def add(self, simulation: Any) -> None:
-        with self.lock:
-            self.results.simulations.append(simulation)
-            self.save()
+        """Called from the main thread only, so writes never interleave."""
+        self.results.simulations.append(simulation)
+        self.save()
 
     def save(self) -> None:
         atomic_write(self.path, redact(self.results.model_dump_json(indent=2), self.secrets))
@@ -1125,7 +1127,7 @@ def open_domain(tau2_run: Any, plan: Plan, domain: str, tasks: list, secrets: tu
     return DomainRun(domain, path, old, total, secrets)
 
 
-def failed_simulation(tau2_run: Any, job: Job, exc: BaseException) -> Any:
+def failed_simulation(job: Job, exc: BaseException) -> Any:
     """What τ²-bench records for a sample that failed (its skip_failed_samples): agent_error, reward 0."""
     from tau2.data_model.simulation import RewardInfo, SimulationRun, TerminationReason
 
@@ -1167,31 +1169,28 @@ class Evaluation:
         JSON, say) and is recorded as τ²-bench records it (agent_error, reward 0)."""
         last: BaseException | None = None
         for _ in range(SIMULATION_ATTEMPTS):
-            agent = Lease(self.agent_pool, self.on_dead)
-            user = Lease(self.user_pool, self.on_dead) if self.user_pool else None
-            try:
-                user_args = {**self.plan.eval.llm_args(), **({"api_base": user.url} if user else {})}
-                simulation = self.tau2.run_task(
-                    domain=job.domain, task=job.task, agent=AGENT_IMPLEMENTATION, user=USER_IMPLEMENTATION,
-                    llm_agent=hosted(self.plan.agent_name),
-                    llm_args_agent={**self.plan.eval.llm_args(), "num_retries": 1, "lease": agent},
-                    llm_user=self.plan.user_llm, llm_args_user={**user_args, "num_retries": 2},
-                    max_steps=self.plan.eval.max_steps, max_errors=MAX_ERRORS, seed=job.seed)
-                simulation.trial = job.trial
-                return simulation
-            except NoLiveServer:
-                raise
-            except Exception as exc:
-                gone = [lease.url for lease in (agent, user) if lease and lease.server_gone()]
-                if not gone:
-                    return failed_simulation(self.tau2, job, exc)
-                for url in gone:
-                    self.on_dead(url)
-                last = exc
-            finally:
-                agent.close()
-                if user:
-                    user.close()
+            with Lease(self.agent_pool, self.on_dead) as agent, \
+                    (Lease(self.user_pool, self.on_dead) if self.user_pool else contextlib.nullcontext()) as user:
+                try:
+                    simulation = self.tau2.run_task(
+                        domain=job.domain, task=job.task, agent=AGENT_IMPLEMENTATION, user=USER_IMPLEMENTATION,
+                        llm_agent=hosted(self.plan.agent_name),
+                        llm_args_agent={**self.plan.eval.llm_args(), "num_retries": 1, "lease": agent},
+                        llm_user=self.plan.user_llm,
+                        llm_args_user={**self.plan.eval.llm_args(), "num_retries": 2,
+                                       **({"api_base": user.url} if user else {})},
+                        max_steps=self.plan.eval.max_steps, max_errors=MAX_ERRORS, seed=job.seed)
+                    simulation.trial = job.trial
+                    return simulation
+                except NoLiveServer:
+                    raise
+                except Exception as exc:
+                    gone = [lease.url for lease in (agent, user) if lease and lease.server_gone()]
+                    if not gone:
+                        return failed_simulation(job, exc)
+                    for url in gone:
+                        self.on_dead(url)
+                    last = exc
         raise NoLiveServer(f"servers kept vanishing: {last}")
 
 
