@@ -348,3 +348,67 @@ def test_parallel_domains_run_together(tmp_path: Path):
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert {d: s["simulations"] for d, s in summary["domains"].items()} == {"mock": 3, "retail": 3}
     assert summary["overall"]["simulations"] == 6
+
+
+def start_in_background(tmp_path: Path, args: list[str], env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(LAUNCHER), *args], cwd=ROOT, text=True,
+                            env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def wait_for_first_simulation(proc: subprocess.Popen, results: Path) -> None:
+    deadline = time.monotonic() + 60
+    while not (results.exists() and json.loads(results.read_text())["simulations"]):
+        assert time.monotonic() < deadline and proc.poll() is None, "no simulation finished"
+        time.sleep(0.1)
+
+
+def test_second_ctrl_c_kills_at_once(tmp_path: Path):
+    """Servers that ignore SIGTERM: one Ctrl-C waits out the grace period, a second one kills now."""
+    args = launcher_args(tmp_path, "--domains", "mock", "--num-servers", "2", "--start-port", "auto",
+                         "--max-concurrency", "2")
+    proc = start_in_background(tmp_path, args, standin_env(ignore_sigterm="1", token_delay="0.05"))
+    wait_for_first_simulation(proc, tmp_path / "out" / "mock.json")
+    proc.send_signal(signal.SIGINT)
+    time.sleep(1.0)
+    assert proc.poll() is None  # still inside the grace period: the servers ignored SIGTERM
+    proc.send_signal(signal.SIGINT)
+    second = time.monotonic()
+    stdout, stderr = proc.communicate(timeout=30)
+    assert time.monotonic() - second < 3, "the second Ctrl-C did not kill at once"
+    assert proc.returncode == 130, stderr
+    assert "second interrupt" in stdout
+    assert_groups_gone(started_pgids(stdout))
+
+
+def test_every_server_gone_fails_the_domain_with_exit_1(tmp_path: Path):
+    args = launcher_args(tmp_path, "--domains", "mock", "--num-trials", "2", "--num-servers", "2",
+                         "--start-port", "auto", "--max-concurrency", "2")
+    result = run_launcher(args, env=standin_env(crash_after="3"))
+    assert result.returncode == 1
+    assert "mock failed: no live server" in result.stderr
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["domains"]["mock"]["status"] == "failed"
+    done = load_results(tmp_path / "out" / "mock.json").simulations
+    assert len(done) == summary["domains"]["mock"]["simulations"] < 18
+    assert all(s.termination_reason.value != "agent_error" for s in done)  # lost servers are not model errors
+    assert_groups_gone(started_pgids(result.stdout))
+
+
+def test_terminal_view_shows_servers_and_domain_bars(tmp_path: Path):
+    from rich.console import Console
+    from tau2.data_model.simulation import Results
+    import tau2.run
+
+    tasks = tau2.run.get_tasks("mock", num_tasks=4)
+    info = tau2.run.get_info(domain="mock", agent="a", user="u", llm_agent="m", llm_args_agent={},
+                             llm_user="m", llm_args_user={}, num_trials=1)
+    run = rl.DomainRun("mock", tmp_path / "mock.json", Results(info=info, tasks=tasks, simulations=[]), 4, ())
+    run.started_at = time.monotonic()
+    pool = rl.Router(["http://127.0.0.1:1900/v1", "http://127.0.0.1:1901/v1"])
+    pool.acquire()
+    ev = rl.Evaluation(tau2=None, plan=None, agent_pool=pool, user_pool=None, runs={"mock": run}, say=print)
+    console = Console(record=True, force_terminal=True, width=120)
+    console.print(rl.ProgressView(console, ev, fleet=None).render())
+    text = console.export_text()
+    assert "http://127.0.0.1:1900/v1" in text and "live" in text
+    assert "mock" in text and "0/4" in text

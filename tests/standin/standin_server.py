@@ -36,6 +36,7 @@ Environment variables (faults apply only to ports in STANDIN_FAULT_PORTS, if set
   STANDIN_CRASH_AFTER=N             os._exit(1) right after the N-th chat completion is sent
   STANDIN_TOKEN_DELAY=sec/token     each completion sleeps completion_tokens * delay ...
   STANDIN_MAX_CONCURRENT=K          ... with at most K completions in flight (semaphore)
+  STANDIN_IGNORE_SIGTERM=1          ignore SIGTERM (only SIGKILL stops it), like a server slow to stop
   STANDIN_SPAWN_CHILD=1             spawn ``sleep 100000`` (same process group) at startup,
                                     like vLLM's EngineCore; it is deliberately NOT cleaned
                                     up by the stand-in - the launcher must kill the group
@@ -53,6 +54,7 @@ import json
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -448,6 +450,8 @@ def main(argv=None) -> None:
         f"model={args.model} served={served} port={args.port} faults={'on' if faults_on else 'off'} "
         f"ignored_args={unknown}")
 
+    if _env("STANDIN_IGNORE_SIGTERM") == "1":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a server slow to shut down
     if _env("STANDIN_SPAWN_CHILD") == "1":
         child = subprocess.Popen(["sleep", "100000"], stdin=subprocess.DEVNULL)
         log(f"INFO [core.py] EngineCore_0 child started pid={child.pid}")
