@@ -1555,7 +1555,6 @@ def describe_plan(plan: Plan) -> str:
 
 def make_plan(args: argparse.Namespace, env: dict[str, str]) -> tuple[Plan, tuple[str, ...]]:
     """Read what the plan depends on (GPUs, endpoint file, ports) and build it."""
-    check_numbers(args)
     visible = () if args.skip_server_start else visible_gpus(env)
     config = read_model_config(Path(args.model_config_path)) if args.skip_server_start else {}
     start = parse_start_port(args.start_port)
