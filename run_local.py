@@ -1283,7 +1283,7 @@ def config_pools(plan: Plan, agent_live: set[str] | None = None, user_live: set[
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
+    return datetime.now(timezone.utc).astimezone().isoformat(timespec="milliseconds")
 
 
 class ProgressView:

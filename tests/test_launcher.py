@@ -412,3 +412,51 @@ def test_terminal_view_shows_servers_and_domain_bars(tmp_path: Path):
     text = console.export_text()
     assert "http://127.0.0.1:1900/v1" in text and "live" in text
     assert "mock" in text and "0/4" in text
+
+
+def event_times(stdout: str) -> list[tuple[float, str]]:
+    """(seconds, text) of the launcher's timestamped lines."""
+    from datetime import datetime
+    out = []
+    for line in stdout.splitlines():
+        stamp, _, text = line.partition(" ")
+        try:
+            out.append((datetime.fromisoformat(stamp).timestamp(), text))
+        except ValueError:
+            continue
+    return out
+
+
+def when(events: list[tuple[float, str]], *words: str) -> float:
+    return next(t for t, text in events if all(w in text for w in words))
+
+
+def test_startup_policy_lanes_start_together_sharers_one_after_another(tmp_path: Path, fake_gpus):
+    """2 GPUs, 4 servers: the two GPUs' first servers start at once; each GPU's second server starts
+    when its first serves, not before, and not a fixed delay later."""
+    port = free_port()
+    args = launcher_args(tmp_path, "--domains", "mock", "--num-tasks", "1", "--num-servers", "4",
+                         "--servers-per-gpu", "2", "--start-port", str(port))
+    result = run_launcher(args, env={**standin_env(startup_delay="2"), **fake_gpus(2)})
+    assert result.returncode == 0, result.stderr
+    ev = event_times(result.stdout)
+    started = {p: when(ev, "started", f"port {p} ") for p in range(port, port + 4)}
+    serving = {p: when(ev, f"port {p} serves") for p in range(port, port + 4)}
+    # ports p, p+2 share GPU 0; p+1, p+3 share GPU 1 (round-robin placement)
+    assert abs(started[port] - started[port + 1]) < 1
+    for first, second in ((port, port + 2), (port + 1, port + 3)):
+        assert serving[first] <= started[second] < serving[first] + 1.5
+    assert "CUDA_VISIBLE_DEVICES" not in result.stdout  # pinning is in the environment, not the log
+    config = json.loads((tmp_path / "model_config_local.json").read_text())
+    assert len(config["standin"]) == 4
+
+
+def test_stagger_delay_keeps_the_old_fixed_clock(tmp_path: Path):
+    port = free_port()
+    args = launcher_args(tmp_path, "--domains", "mock", "--num-tasks", "1", "--num-servers", "2",
+                         "--start-port", str(port), "--stagger-delay", "3")
+    result = run_launcher(args, env=standin_env())
+    assert result.returncode == 0, result.stderr
+    ev = event_times(result.stdout)
+    gap = when(ev, "started", f"port {port + 1} ") - when(ev, "started", f"port {port} ")
+    assert 2.5 <= gap < 4.5  # the second starts on the clock although the first served at once
