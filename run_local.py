@@ -1294,7 +1294,7 @@ class ProgressView:
         self.console, self.ev, self.fleet, self.interval = console, ev, fleet, interval
         self.live: Any = None
         self._last_line = 0.0
-        self._last_counts: tuple[int, ...] = ()
+        self._last_counts: dict[str, int] = {}
 
     def __enter__(self) -> ProgressView:
         if self.console.is_terminal:
@@ -1313,12 +1313,12 @@ class ProgressView:
         if self.live:
             self.live.update(self.render())
             return
-        counts = tuple(r.done for r in self.ev.runs.values())
-        if counts != self._last_counts or time.monotonic() - self._last_line > self.interval:
-            self._last_counts, self._last_line = counts, time.monotonic()
-            for run in self.ev.runs.values():
-                if run.started_at:
-                    self.console.print(f"{now_iso()} {self.domain_line(run)}", highlight=False)
+        beat = time.monotonic() - self._last_line > self.interval  # a line now and then, even when idle
+        for run in self.ev.runs.values():
+            active = run.started_at and not run.finished_at
+            if run.started_at and (self._last_counts.get(run.domain) != run.done or (beat and active)):
+                self._last_counts[run.domain], self._last_line = run.done, time.monotonic()
+                self.console.print(f"{now_iso()} {self.domain_line(run)}", highlight=False)
 
     def domain_line(self, run: DomainRun) -> str:
         reward = run.reward_so_far()
