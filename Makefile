@@ -35,5 +35,12 @@ demo: model
 test: model
 	$(PY) -m pytest -q
 
+# The figures in BENCHMARKS.md (about 20 minutes on 2 cores; real vLLM on the CPU for some).
+benchmarks: model
+	$(PY) benchmarks/startup/run.py
+	$(PY) benchmarks/eval_overhead/run.py
+	$(PY) benchmarks/parallel_domains/run.py
+	$(PY) benchmarks/shutdown/run.py
+
 clean:
 	rm -rf outputs logs .pytest_cache

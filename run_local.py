@@ -53,8 +53,8 @@ KV_RACE_MARKERS = ("Available KV cache memory: -", "No available memory for the 
 KV_SIZED_MARKER = "KV cache size:"  # vLLM logs it once memory profiling is over and its KV cache is sized
 SECRET_ENV_SUFFIXES = ("_API_KEY", "_TOKEN", "_SECRET")
 SECRET_FLAG_WORDS = {"key", "token", "secret", "password"}
-SEED_SCRIPT_SERVERS = 4
-CPU_KV_CACHE_GIB = "2"  # KV cache per server on a machine without GPU  # the seed script's default server count, capped to the GPUs available
+SEED_SCRIPT_SERVERS = 4  # the seed script's default server count, capped to the GPUs available
+CPU_KV_CACHE_GIB = "2"  # KV cache per server on a machine without GPU
 
 EXAMPLES = """\
 examples:

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Evaluation overhead benchmark: run_local.py against plain `tau2 run`, same server, same tasks.
 
-One stand-in server (tests/standin, no delays: it answers at once) is started here. Both commands
-run the same τ²-bench simulations against it:
+One stand-in server (tests/standin, no delays: it answers at once) is started here and warmed up (it
+loads τ²-bench's task sets on its first request). Both commands run the same simulations against it:
 
   stock     tau2 run --domain retail --num-tasks N --max-steps 60 --max-concurrency K
                 --agent-llm hosted_vllm/standin --agent-llm-args '{"api_base": URL, "temperature": 0}'
@@ -19,7 +19,7 @@ reward: a few tasks are made to fail (STANDIN_FAIL_TASKS) so that rewards are no
 --quick: 10 tasks, 1 run each (a smoke test; the 5% bound is not meaningful there).
 
 Usage: .venv/bin/python benchmarks/eval_overhead/run.py [--quick]
-Writes benchmarks/eval_overhead/results.json and prints a table.
+Writes benchmarks/eval_overhead/results.json (--quick: results-quick.json) and prints a table.
 """
 from __future__ import annotations
 
@@ -78,6 +78,17 @@ def start_standin(work: Path) -> tuple[subprocess.Popen, int]:
         time.sleep(0.1)
 
 
+def warm_standin(port: int) -> None:
+    """One untimed request that makes the stand-in load τ²-bench's task sets (it does so lazily, on its
+    first chat request), so that this cost falls on neither command."""
+    body = json.dumps({"model": "standin", "messages": [
+        {"role": "system", "content": "<scenario>\nwarm-up\n</scenario>"}, {"role": "user", "content": "hi"}]})
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=body.encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=120) as response:
+        response.read()
+
+
 def stop_group(proc: subprocess.Popen) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGTERM)
@@ -127,6 +138,16 @@ def rewards(results_file: Path) -> dict[str, float]:
     return {s["task_id"]: (s.get("reward_info") or {}).get("reward", 0.0) for s in doc["simulations"]}
 
 
+def launcher_version() -> dict:
+    """Which run_local.py was measured: the commit, and the file's own hash (the tree may be ahead)."""
+    import hashlib
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
+    dirty = subprocess.run(["git", "status", "--porcelain", "run_local.py"], cwd=ROOT, capture_output=True,
+                           text=True).stdout
+    return {"git_head": head.strip(), "run_local_py_sha256": hashlib.sha256(LAUNCHER.read_bytes()).hexdigest()[:12],
+            "run_local_py_uncommitted_changes": bool(dirty.strip())}
+
+
 def machine() -> dict:
     def version(name: str) -> str | None:
         with contextlib.suppress(metadata.PackageNotFoundError):
@@ -147,6 +168,7 @@ def main() -> int:
     env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
     env.pop("PYTHONPATH", None)
     started = datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
+    version_at_start = launcher_version()
 
     def on_signal(signum: int, _frame: object) -> None:
         for proc in [*_running, server]:
@@ -154,6 +176,7 @@ def main() -> int:
         os._exit(130)
 
     server, port = start_standin(work)
+    warm_standin(port)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     config = work / "model_config_local.json"
@@ -195,6 +218,8 @@ def main() -> int:
           f"({sum(v == 1.0 for v in reference.values())} of {len(reference)} tasks solved)")
     doc = {
         "benchmark": "eval_overhead", "mode": "quick" if opts.quick else "full", "started_at": started,
+        "launcher": version_at_start | {"run_local_py_unchanged_during_run":
+                                         launcher_version()["run_local_py_sha256"] == version_at_start["run_local_py_sha256"]},
         "machine": machine(),
         "command": shlex.join([".venv/bin/python", "benchmarks/eval_overhead/run.py", *sys.argv[1:]]),
         "setup": {"domain": DOMAIN, "num_tasks": tasks, "max_steps": MAX_STEPS, "max_concurrency": CONCURRENCY,
@@ -206,8 +231,8 @@ def main() -> int:
         "overhead": round(overhead, 4), "within_limit": overhead <= OVERHEAD_LIMIT,
         "rewards_identical": same, "rewards": reference,
     }
-    (HERE / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"wrote {HERE / 'results.json'}")
+    (HERE / ("results-quick.json" if opts.quick else "results.json")).write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"wrote {HERE / ('results-quick.json' if opts.quick else 'results.json')}")
     shutil.rmtree(work, ignore_errors=True)
     return 0 if same and (opts.quick or overhead <= OVERHEAD_LIMIT) else 1
 

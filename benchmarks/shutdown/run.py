@@ -60,7 +60,8 @@ def api_server_pids() -> list[int]:
 def ctrl_c_to_gone(stand_in: bool) -> dict:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        argv, env = launcher(tmp, stand_in, "--num-servers", "2", "--domains", "mock", "--max-concurrency", "2")
+        argv, env = launcher(tmp, stand_in, "--num-servers", "2", "--domains", "mock", "--max-steps", "8",
+                              "--max-concurrency", "2")
         proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         results = tmp / "out" / "mock.json"
         while not (results.exists() and json.loads(results.read_text())["simulations"]):

@@ -35,7 +35,7 @@ The CPU load of that background is sampled and reported before B starts.
 --quick: a smoke test: 4 servers (A: 4 GPUs, A2: 2 GPUs), stand-in start 2 s, stagger 5 s, no B.
 
 Usage: .venv/bin/python benchmarks/startup/run.py [--quick] [--skip-vllm]
-Writes benchmarks/startup/results.json and prints a table.
+Writes benchmarks/startup/results.json (--quick: results-quick.json) and prints a table.
 """
 from __future__ import annotations
 
@@ -431,10 +431,10 @@ def warm_up(sc: dict, work: Path) -> dict:
     """Start one real server and stop it (untimed): imports and weights in the page cache for all."""
     began = time.monotonic()
     try:
-        measure_seed([*with_port(sc), "--num-servers", "1"], sc["env"], work / "B_warmup", 0, sc["timeout"])
+        one = measure_seed([*with_port(sc), "--num-servers", "1"], sc["env"], work / "B_warmup", 0, sc["timeout"])
     except Exception as exc:
         return {"error": str(exc)}
-    return {"took_s": round(time.monotonic() - began, 1)}
+    return {"one_server_ready_s": one["all_ready_s"], "took_s": round(time.monotonic() - began, 1)}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -444,6 +444,16 @@ def warm_up(sc: dict, work: Path) -> dict:
 LABELS = {"seed": "seed policy (replica: fixed {s:g} s stagger, /health polled in turn)",
           "stagger": "run_local.py --stagger-delay {s:g}",
           "launcher": "run_local.py (default: start on readiness)"}
+
+
+def launcher_version() -> dict:
+    """Which run_local.py was measured: the commit, and the file's own hash (the tree may be ahead)."""
+    import hashlib
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
+    dirty = subprocess.run(["git", "status", "--porcelain", "run_local.py"], cwd=ROOT, capture_output=True,
+                           text=True).stdout
+    return {"git_head": head.strip(), "run_local_py_sha256": hashlib.sha256(LAUNCHER.read_bytes()).hexdigest()[:12],
+            "run_local_py_uncommitted_changes": bool(dirty.strip())}
 
 
 def machine() -> dict:
@@ -494,6 +504,7 @@ def main() -> int:
     watch = ForeignWatch(own_ports)
     watch.start()
     started = datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
+    version_at_start = launcher_version()
     began = time.monotonic()
     scenarios = standin_scenarios(work, opts.quick)
     for sc in scenarios:
@@ -544,14 +555,16 @@ def main() -> int:
     print_table(scenarios)
     doc = {
         "benchmark": "startup", "mode": "quick" if opts.quick else "full", "started_at": started,
+        "launcher": version_at_start | {"run_local_py_unchanged_during_run":
+                                         launcher_version()["run_local_py_sha256"] == version_at_start["run_local_py_sha256"]},
         "took_s": round(time.monotonic() - began, 1), "machine": machine(),
         "command": shlex.join([".venv/bin/python", "benchmarks/startup/run.py", *sys.argv[1:]]),
         "seed_poll_interval_s": SEED_POLL_S, "quiet_wait_at_start": quiet,
         "scenarios": {sc["key"]: {k: v for k, v in sc.items() if k not in ("env", "flags", "key", "gpus", "timeout")}
                       | {"fake_gpus": sc["gpus"], "server_flags": sc["flags"]} for sc in scenarios},
     }
-    (HERE / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"\nwrote {HERE / 'results.json'} (took {doc['took_s']:.0f} s)")
+    (HERE / ("results-quick.json" if opts.quick else "results.json")).write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"\nwrote {HERE / ('results-quick.json' if opts.quick else 'results.json')} (took {doc['took_s']:.0f} s)")
     shutil.rmtree(work, ignore_errors=True)
     failed = any("error" in r or r.get("exit_code") for sc in scenarios for r in sc["results"].values())
     return 1 if failed else 0

