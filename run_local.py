@@ -877,26 +877,35 @@ class Fleet:
     # -- stop -------------------------------------------------------------------------------
 
     def stop(self, grace: float = STOP_GRACE_S) -> None:
-        """SIGTERM every process group, wait up to `grace`, then SIGKILL what is left. A second Ctrl-C
-        (KeyboardInterrupt while waiting) skips the wait."""
+        """SIGTERM every process group, twice, wait up to `grace`, then SIGKILL what is left. vLLM's
+        HTTP server drains open requests on the first signal and quits on the second: the requests
+        still open are this run's own, abandoned. A second Ctrl-C (KeyboardInterrupt while waiting)
+        skips the wait."""
         self._checks.shutdown(wait=False, cancel_futures=True)
         started = [s for s in self.servers if s.proc is not None]
         if not started:
             return
-        for server in started:
-            self._kill_group(server, signal.SIGTERM)
-        deadline = time.monotonic() + grace
+        began = time.monotonic()
+        deadline = began + grace
         try:
+            for server in started:
+                self._kill_group(server, signal.SIGTERM)
+            time.sleep(0.3)
+            for server in started:
+                self._kill_group(server, signal.SIGTERM)
             while time.monotonic() < deadline and any(self._alive(s) for s in started):
                 time.sleep(0.1)
         except KeyboardInterrupt:
             self.say("second interrupt: killing the servers now")
+        stubborn = [s.spec.label for s in started if self._alive(s)]
         for server in started:
             self._kill_group(server, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 server.proc.wait(timeout=5)
             if server.state != "dead":
                 server.state = "stopped"
+        self.say(f"stopped {len(started)} server(s) in {time.monotonic() - began:.1f}s"
+                 + (f"; killed {', '.join(stubborn)}" if stubborn else ""))
 
     @staticmethod
     def _alive(server: Server) -> bool:
@@ -1162,13 +1171,14 @@ class Evaluation:
     runs: dict[str, DomainRun]
     say: Callable[[str], None]
     events: list[str] = field(default_factory=list)
+    closed: bool = False  # set when the run stops: failures after that are the stop's, not servers'
 
     def pools(self) -> list[Router]:
         return [p for p in (self.agent_pool, self.user_pool) if p is not None]
 
     def on_dead(self, url: str) -> None:
         """A server stopped answering: out of every pool, said once."""
-        if any([pool.mark_dead(url) for pool in self.pools()]):
+        if any([pool.mark_dead(url) for pool in self.pools()]) and not self.closed:
             self.event(f"server {url} stopped answering; taken out of routing")
 
     def event(self, text: str) -> None:
@@ -1251,6 +1261,7 @@ def evaluate(ev: Evaluation, batches: list[list[Job]], fleet: Fleet | None, view
                 watch_fleet(ev, fleet, restart_dead)
                 view.refresh()
     finally:
+        ev.closed = True
         pool.shutdown(wait=False, cancel_futures=True)
 
 
@@ -1577,12 +1588,14 @@ def make_plan(args: argparse.Namespace, env: dict[str, str]) -> tuple[Plan, tupl
 
 
 def install_signal_handlers() -> None:
-    """SIGTERM (and SIGHUP) take the Ctrl-C path, so every way of stopping the launcher cleans up."""
+    """SIGTERM and SIGHUP take the Ctrl-C path, so every way of stopping the launcher cleans up. A
+    signal the caller chose to ignore stays ignored (nohup ignores SIGHUP, a shell's `&` SIGINT)."""
     def interrupt(signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
-    signal.signal(signal.SIGTERM, interrupt)
-    signal.signal(signal.SIGHUP, interrupt)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            signal.signal(sig, interrupt)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

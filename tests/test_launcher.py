@@ -464,3 +464,28 @@ def test_stagger_delay_keeps_the_old_fixed_clock(tmp_path: Path):
     ev = event_times(result.stdout)
     gap = when(ev, "started", f"port {port + 1} ") - when(ev, "started", f"port {port} ")
     assert 2.5 <= gap < 4.5  # the second starts on the clock although the first served at once
+
+
+def test_sigterm_cleans_up_and_nohup_survives_sighup(tmp_path: Path):
+    """SIGTERM takes the Ctrl-C path; under nohup (SIGHUP ignored) a hang-up does not stop the run."""
+    args = launcher_args(tmp_path, "--domains", "mock", "--num-servers", "2", "--start-port", "auto",
+                         "--max-concurrency", "2")
+    env = {**os.environ, **standin_env(token_delay="0.02")}
+    nohup = subprocess.Popen([sys.executable, str(LAUNCHER), *args], cwd=ROOT, text=True, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    wait_for_first_simulation(nohup, tmp_path / "out" / "mock.json")
+    nohup.send_signal(signal.SIGHUP)
+    stdout, stderr = nohup.communicate(timeout=120)
+    assert nohup.returncode == 0, stderr
+    assert len(load_results(tmp_path / "out" / "mock.json").simulations) == 9
+
+    (tmp_path / "b").mkdir()
+    again = launcher_args(tmp_path / "b", "--domains", "mock", "--num-servers", "2", "--start-port", "auto",
+                          "--max-concurrency", "2")
+    proc = start_in_background(tmp_path, again, standin_env(token_delay="0.05", spawn_child="1"))
+    wait_for_first_simulation(proc, tmp_path / "b" / "out" / "mock.json")
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert_groups_gone(started_pgids(stdout))
