@@ -1092,14 +1092,26 @@ def redact(text: str, secrets: Iterable[str]) -> str:
     return text
 
 
+def command_words(argv: Sequence[str]) -> list[str]:
+    """The command line as single words, with --vllm-arg contents and --flag=value pairs split apart."""
+    words = []
+    for arg in argv:
+        for word in shlex.split(arg.removeprefix("--vllm-arg=")):
+            words += word.split("=", 1) if word.startswith("--") else [word]
+    return words
+
+
+def is_secret_flag(word: str) -> bool:
+    return word.startswith("--") and bool(SECRET_FLAG_WORDS & set(word.lstrip("-").replace("_", "-").split("-")))
+
+
 def secret_values(env: dict[str, str], argv: Sequence[str] = ()) -> tuple[str, ...]:
     """Values that must never reach an output or a log: API keys and tokens from the environment, and
     the value of any --api-key/--token flag on the command line (also inside --vllm-arg)."""
-    words = [w for arg in argv for w in shlex.split(arg.split("=", 1)[1] if arg.startswith("--vllm-arg=") else arg)]
-    words = [piece for w in words for piece in (w.split("=", 1) if w.startswith("--") else [w])]
-    flagged = [value for flag, value in zip(words, words[1:]) if flag.startswith("--") and SECRET_FLAG_WORDS & set(flag.lstrip("-").replace("_", "-").split("-"))]
+    words = command_words(argv)
+    flagged = [value for flag, value in zip(words, words[1:]) if is_secret_flag(flag)]
     from_env = [v for k, v in env.items() if k.endswith(SECRET_ENV_SUFFIXES) and len(v) >= 8]
-    return tuple(sorted({*from_env, *flagged}, key=len, reverse=True))
+    return tuple(sorted({*from_env, *flagged}, key=len, reverse=True))  # longest first: no partial redaction
 
 
 def run_info(tau2_run: Any, plan: Plan, domain: str) -> Any:

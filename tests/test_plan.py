@@ -208,3 +208,10 @@ def test_router_balances_and_skips_dead_servers():
     router.mark_dead("a"), router.mark_dead("c")
     with pytest.raises(rl.NoLiveServer):
         router.acquire()
+
+
+def test_secret_values_from_environment_and_flags():
+    env = {"OPENAI_API_KEY": "sk-abcdefgh12", "HF_TOKEN": "hf_tokenvalue", "SHORT_API_KEY": "x", "HOME": "/root"}
+    argv = ["--vllm-arg=--api-key s3cr3tvalue", "--hf-token=tok123", "--max-new-tokens", "256", "--seed", "300"]
+    assert set(rl.secret_values(env, argv)) == {"sk-abcdefgh12", "hf_tokenvalue", "s3cr3tvalue", "tok123"}
+    assert rl.redact("key sk-abcdefgh12 in text", rl.secret_values(env)) == "key *** in text"
