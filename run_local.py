@@ -329,13 +329,15 @@ def place_servers(args: argparse.Namespace, visible: tuple[str, ...]) -> list[tu
             raise UsageError(f"{flag}: GPU {missing[0]} does not exist here (visible: {','.join(visible)})")
 
     tp, user_tp = args.tensor_parallel_size, args.user_tensor_parallel_size
+    pool = agent_ids or visible
     if args.user_model and user_ids is None:
-        spare = len(agent_ids or visible) - user_tp
-        # the user server gets the last GPUs when that leaves the agent a group, else it shares the first
-        user_ids = tuple((agent_ids or visible)[-user_tp:]) if spare >= tp else tuple((agent_ids or visible)[:user_tp])
-        if agent_ids is None and spare >= tp:
-            agent_ids = tuple(g for g in visible if g not in user_ids)
-    agent_ids = agent_ids or visible
+        if len(pool) - user_tp >= tp:  # the user server takes the last GPUs, the agent keeps a group
+            user_ids = tuple(pool[-user_tp:])
+            if agent_ids is None:
+                pool = tuple(g for g in visible if g not in user_ids)
+        else:  # too few GPUs: the user server shares the first ones
+            user_ids = tuple(pool[:user_tp])
+    agent_ids = pool
     if user_ids is not None and len(user_ids) != user_tp:
         raise UsageError(f"--user-gpu-ids names {len(user_ids)} GPUs but --user-tensor-parallel-size is {user_tp}")
 
@@ -413,7 +415,7 @@ def build_servers(args: argparse.Namespace, visible: tuple[str, ...], ports: Ite
     """The fleet: placement, lanes, ports and commands, with no process started."""
     placed = place_servers(args, visible)
     lanes = assign_lanes([gpus for _, gpus in placed])
-    sharing = Counter(gpus for _, gpus in placed)
+    load = Counter(g for _, gpus in placed for g in gpus)  # servers on each GPU
     specs = []
     for (role, gpus), lane in zip(placed, lanes):
         agent = role == "agent"
@@ -421,7 +423,7 @@ def build_servers(args: argparse.Namespace, visible: tuple[str, ...], ports: Ite
         served = agent_served_name(args) if agent else args.user_model
         port = next(ports)
         tp = args.tensor_parallel_size if agent else args.user_tensor_parallel_size
-        mem = memory_share(sharing[gpus], args.gpu_memory_utilization) if gpus else None
+        mem = memory_share(max(load[g] for g in gpus), args.gpu_memory_utilization) if gpus else None
         specs.append(ServerSpec(role, model, served, args.host, port, gpus, lane,
                                 vllm_argv(model, served, args.host, port, tp, mem, args, agent),
                                 server_env(gpus, lane, cache_root, cpu_kv_gib)))

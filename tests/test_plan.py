@@ -215,3 +215,11 @@ def test_secret_values_from_environment_and_flags():
     argv = ["--vllm-arg=--api-key s3cr3tvalue", "--hf-token=tok123", "--max-new-tokens", "256", "--seed", "300"]
     assert set(rl.secret_values(env, argv)) == {"sk-abcdefgh12", "hf_tokenvalue", "s3cr3tvalue", "tok123"}
     assert rl.redact("key sk-abcdefgh12 in text", rl.secret_values(env)) == "key *** in text"
+
+
+def test_partly_overlapping_servers_split_the_memory():
+    p = plan("--tensor-parallel-size", "2", "--num-servers", "1", "--gpu-ids", "0,1", "--user-model", "/u",
+             "--user-gpu-ids", "1,2", "--user-tensor-parallel-size", "2")
+    agent, user = p.servers
+    assert agent.lane == user.lane  # they share GPU 1, so they must not start together
+    assert all(s.argv[s.argv.index("--gpu-memory-utilization") + 1] == "0.425" for s in p.servers)
