@@ -24,19 +24,16 @@ Writes benchmarks/eval_overhead/results.json (--quick: results-quick.json) and p
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shlex
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -46,58 +43,12 @@ PY = sys.executable
 TAU2 = str(Path(PY).parent / "tau2")
 LAUNCHER = ROOT / "run_local.py"
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from provenance import launcher_version, machine  # noqa: E402
-STANDIN_SERVER = ROOT / "tests" / "standin" / "standin_server.py"
+from common import launcher_version, machine, start_standin, stop_group  # noqa: E402
 DOMAIN = "retail"
 MAX_STEPS = 60
 CONCURRENCY = 8
 FAIL_TASKS = ["retail/3", "retail/8", "retail/15", "retail/22", "retail/31"]  # the stand-in refuses these
 OVERHEAD_LIMIT = 0.05
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_standin(work: Path) -> tuple[subprocess.Popen, int]:
-    port = free_port()
-    env = {**os.environ, "STANDIN_QUIET": "1", "STANDIN_FAIL_TASKS": ",".join(FAIL_TASKS)}
-    with open(work / "standin.log", "w") as log:
-        proc = subprocess.Popen([PY, str(STANDIN_SERVER), "--model", "standin", "--host", "127.0.0.1",
-                                 "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 30
-    while True:
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
-                return proc, port
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"stand-in did not start; see {work / 'standin.log'}")
-        time.sleep(0.1)
-
-
-def warm_standin(port: int) -> None:
-    """One untimed request that makes the stand-in load τ²-bench's task sets (it does so lazily, on its
-    first chat request), so that this cost falls on neither command."""
-    body = json.dumps({"model": "standin", "messages": [
-        {"role": "system", "content": "<scenario>\nwarm-up\n</scenario>"}, {"role": "user", "content": "hi"}]})
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=body.encode(),
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=120) as response:
-        response.read()
-
-
-def stop_group(proc: subprocess.Popen) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 def stock_command(port: int, tasks: int, save_to: str, results_dir: Path) -> list[str]:
@@ -154,8 +105,7 @@ def main() -> int:
             stop_group(proc)
         os._exit(130)
 
-    server, port = start_standin(work)
-    warm_standin(port)
+    server, port = start_standin(work / "standin.log", fail_tasks=",".join(FAIL_TASKS))
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     config = work / "model_config_local.json"

@@ -25,19 +25,16 @@ Writes benchmarks/parallel_domains/results.json (--quick: results-quick.json) an
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shlex
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -46,63 +43,13 @@ HERE = Path(__file__).resolve().parent
 PY = sys.executable
 LAUNCHER = ROOT / "run_local.py"
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from provenance import launcher_version, machine  # noqa: E402
-STANDIN_SERVER = ROOT / "tests" / "standin" / "standin_server.py"
+from common import launcher_version, machine, start_standin, stop_group  # noqa: E402
 DOMAINS = ["retail", "telecom", "airline"]
 MAX_STEPS = 60
 CONCURRENCY = 8
 SERVER_SLOTS = 8
 
 _running: list[subprocess.Popen] = []
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def post_json(url: str, doc: dict) -> None:
-    request = urllib.request.Request(url, data=json.dumps(doc).encode(), headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=120) as response:
-        response.read()
-
-
-def start_standin(work: Path, token_delay: float) -> tuple[subprocess.Popen, int]:
-    """A stand-in with SERVER_SLOTS slots and token_delay s/token, warmed up (it loads τ²-bench's task
-    sets on its first chat request; that cost must fall on no measured run)."""
-    port = free_port()
-    env = {**os.environ, "STANDIN_QUIET": "1", "STANDIN_MAX_CONCURRENT": str(SERVER_SLOTS),
-           "STANDIN_TOKEN_DELAY": str(token_delay)}
-    with open(work / f"standin_{port}.log", "w") as log:
-        proc = subprocess.Popen([PY, str(STANDIN_SERVER), "--model", "standin", "--host", "127.0.0.1",
-                                 "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-    _running.append(proc)
-    deadline = time.monotonic() + 30
-    while True:
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
-                break
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"stand-in did not start; see {work}")
-        time.sleep(0.1)
-    post_json(f"http://127.0.0.1:{port}/v1/chat/completions", {"model": "standin", "messages": [
-        {"role": "system", "content": "<scenario>\nwarm-up\n</scenario>"}, {"role": "user", "content": "hi"}]})
-    return proc, port
-
-
-def stop_group(proc: subprocess.Popen) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    with contextlib.suppress(ValueError):
-        _running.remove(proc)
 
 
 def launcher_command(config: Path, tasks: int, out: Path, parallel: bool) -> list[str]:
@@ -157,7 +104,9 @@ def main() -> int:
     settings = []
     try:
         for delay in delays:
-            server, port = start_standin(work, delay)
+            server, port = start_standin(work / f"standin_{delay}.log", max_concurrent=str(SERVER_SLOTS),
+                                         token_delay=str(delay))
+            _running.append(server)  # stopped on Ctrl-C too
             config = work / f"config_{port}.json"
             config.write_text(json.dumps({"standin": [{"ip_addr": "127.0.0.1", "port": str(port)}]}))
             runs: dict[str, list[dict]] = {"sequential": [], "parallel": []}
@@ -173,6 +122,7 @@ def main() -> int:
                               flush=True)
             finally:
                 stop_group(server)
+                _running.remove(server)
             med = {mode: statistics.median(r["wall_s"] for r in rs) for mode, rs in runs.items()}
             own = {mode: statistics.median(r["launcher_wall_s"] for r in rs) for mode, rs in runs.items()}
             reference = runs["sequential"][0]["rewards"]

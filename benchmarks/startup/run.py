@@ -62,7 +62,7 @@ HERE = Path(__file__).resolve().parent
 PY = sys.executable
 LAUNCHER = ROOT / "run_local.py"
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from provenance import launcher_version, machine  # noqa: E402
+from common import launcher_version, machine  # noqa: E402
 STANDIN = ROOT / "tests" / "standin"
 TINY_MODEL = ROOT / "models" / "smollm2-135m"
 # Another engineer's real-vLLM runs on this checkout's models (the brief's pgrep pattern).
