@@ -55,6 +55,22 @@ def start_standin(log: Path, **faults: str) -> tuple[subprocess.Popen, int]:
     return proc, port
 
 
+def timed(argv: list[str], log: Path, env: dict[str, str], running: list[subprocess.Popen]) -> float:
+    """Wall seconds of the whole command, in its own process group, listed in `running` meanwhile (so a
+    Ctrl-C handler can stop it); stdin closed (τ²-bench asks y/n when a save file exists)."""
+    with open(log, "w") as out:
+        began = time.monotonic()
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, cwd=ROOT, start_new_session=True)
+        running.append(proc)
+        code = proc.wait(timeout=1200)
+        took = time.monotonic() - began
+        running.remove(proc)
+    if code != 0:
+        raise RuntimeError(f"{' '.join(argv[:3])} ... exited with {code}; see {log}")
+    return took
+
+
 def stop_group(proc: subprocess.Popen) -> None:
     """SIGTERM the process group, SIGKILL it after 10 s."""
     with contextlib.suppress(ProcessLookupError):

@@ -43,7 +43,7 @@ PY = sys.executable
 TAU2 = str(Path(PY).parent / "tau2")
 LAUNCHER = ROOT / "run_local.py"
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from common import launcher_version, machine, start_standin, stop_group  # noqa: E402
+from common import launcher_version, machine, start_standin, stop_group, timed  # noqa: E402
 DOMAIN = "retail"
 MAX_STEPS = 60
 CONCURRENCY = 8
@@ -67,21 +67,6 @@ def launcher_command(config: Path, tasks: int, out: Path) -> list[str]:
 
 
 _running: list[subprocess.Popen] = []
-
-
-def timed(argv: list[str], log: Path, env: dict[str, str]) -> float:
-    """Wall seconds of the whole command; stdin closed (tau2 asks y/n when a save file exists)."""
-    with open(log, "w") as out:
-        began = time.monotonic()
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env, cwd=ROOT, start_new_session=True)
-        _running.append(proc)
-        code = proc.wait(timeout=1200)
-        took = time.monotonic() - began
-        _running.remove(proc)
-    if code != 0:
-        raise RuntimeError(f"{shlex.join(argv[:3])} ... exited with {code}; see {log}")
-    return took
 
 
 def rewards(results_file: Path) -> dict[str, float]:
@@ -123,7 +108,7 @@ def main() -> int:
                 else:
                     argv = launcher_command(config, tasks, work / name)
                     result = work / name / "out" / f"{DOMAIN}.json"
-                took = timed(argv, work / f"{name}.log", env)
+                took = timed(argv, work / f"{name}.log", env, _running)
                 times[kind].append(round(took, 2))
                 got[kind].append(rewards(result))
                 print(f"  run {rep + 1}/{repeats} {kind:8} {took:6.1f} s  avg reward "

@@ -34,7 +34,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -43,7 +42,7 @@ HERE = Path(__file__).resolve().parent
 PY = sys.executable
 LAUNCHER = ROOT / "run_local.py"
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from common import launcher_version, machine, start_standin, stop_group  # noqa: E402
+from common import launcher_version, machine, start_standin, stop_group, timed  # noqa: E402
 DOMAINS = ["retail", "telecom", "airline"]
 MAX_STEPS = 60
 CONCURRENCY = 8
@@ -63,16 +62,7 @@ def launcher_command(config: Path, tasks: int, out: Path, parallel: bool) -> lis
 def run_once(argv: list[str], out: Path, env: dict[str, str]) -> dict:
     """Wall seconds of the whole command, the launcher's own wall seconds, and the rewards."""
     out.mkdir(parents=True)
-    with open(out / "launcher.log", "w") as log:
-        began = time.monotonic()
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env, cwd=ROOT, start_new_session=True)
-        _running.append(proc)
-        code = proc.wait(timeout=1200)
-        took = time.monotonic() - began
-        _running.remove(proc)
-    if code != 0:
-        raise RuntimeError(f"run_local.py exited with {code}; see {out / 'launcher.log'}")
+    took = timed(argv, out / "launcher.log", env, _running)
     summary = json.loads((out / "out" / "summary.json").read_text())
     rewards = {}
     for domain in DOMAINS:
