@@ -18,6 +18,8 @@ import argparse
 import concurrent.futures as futures
 import contextlib
 import ctypes
+import email.utils
+import itertools
 import json
 import math
 import os
@@ -43,10 +45,12 @@ __version__ = "0.2.0"
 
 KNOWN_DOMAINS = ("retail", "telecom", "airline", "mock")
 DEFAULT_DOMAINS = ("retail", "telecom", "airline")
-AGENT_IMPLEMENTATION = "run_local_routed_agent"  # τ²-bench's LLM agent, registered with routing
-USER_IMPLEMENTATION = "user_simulator"  # τ²-bench's stock user simulator
+AGENT_IMPLEMENTATION = "run_local_routed_agent"  # τ²-bench's LLM agent, its calls guarded and routed
+USER_IMPLEMENTATION = "run_local_routed_user"  # τ²-bench's user simulator, its calls guarded and routed
 MAX_ERRORS = 10  # τ²-bench's default tool-error budget per simulation
-SIMULATION_ATTEMPTS = 3  # a simulation whose server vanished is run again, elsewhere, this often
+RETRY_TIMEOUT_S = 600.0  # a simulation may spend this long retrying the machinery's failures
+REQUEST_TIMEOUT_S = 600.0  # one model call may take this long before it counts as a timeout
+BACKOFF_BASE_S, BACKOFF_CAP_S = 1.0, 30.0  # exponential backoff between retries of a failed call
 STOP_GRACE_S = 10.0
 ERR_TAIL_LINES = 30
 KV_RACE_MARKERS = ("Available KV cache memory: -", "No available memory for the cache blocks")
@@ -86,10 +90,6 @@ class UsageError(Exception):
 
 class ServerFailed(Exception):
     """A server this run started died or never served; the message says why and how to reproduce."""
-
-
-class NoLiveServer(Exception):
-    """Every server of a pool is gone: the simulations that need it cannot run."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -171,6 +171,20 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--overwrite", action="store_true",
                    help="discard earlier results in --output-dir instead of resuming")
     e.add_argument("--output-dir", default="outputs", help="results folder (default: outputs)")
+
+    f = p.add_argument_group("faults and pacing (a fault of the machinery is retried, never scored)")
+    f.add_argument("--retry-timeout", type=float, default=RETRY_TIMEOUT_S,
+                   help="seconds one simulation may spend retrying calls that failed for the machinery's sake "
+                        "(rate limits, HTTP 5xx, timeouts, lost connections); past it the simulation is left "
+                        "undone, not scored, and a rerun finishes it; an endpoint that answers nothing but "
+                        f"errors this long stops its domain (default: {RETRY_TIMEOUT_S:.0f})")
+    f.add_argument("--request-timeout", type=float, default=REQUEST_TIMEOUT_S,
+                   help=f"seconds one model call may take before it is retried as a timeout (default: {REQUEST_TIMEOUT_S:.0f})")
+    f.add_argument("--user-max-concurrency", type=int,
+                   help="user-simulator calls in flight at once, to stay under a hosted API's limits "
+                        "(default: --max-concurrency)")
+    f.add_argument("--user-max-rpm", type=float,
+                   help="user-simulator calls started per minute, at most (default: no cap)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan (placement, ports, exact commands) and start nothing")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -210,6 +224,16 @@ class ServerSpec:
 
 
 @dataclass(frozen=True)
+class FaultPolicy:
+    """How failed calls are treated: the machinery's faults retried within a budget, a hosted user paced."""
+
+    retry_timeout: float
+    request_timeout: float
+    user_max_concurrency: int | None
+    user_max_rpm: float | None
+
+
+@dataclass(frozen=True)
 class EvalSettings:
     """What to simulate and where results go."""
 
@@ -224,6 +248,7 @@ class EvalSettings:
     parallel_domains: bool
     overwrite: bool
     output_dir: Path
+    faults: FaultPolicy
 
     def llm_args(self) -> dict[str, Any]:
         """Sampling arguments of every agent and user call: greedy, as τ²-bench's defaults."""
@@ -283,6 +308,8 @@ def check_numbers(args: argparse.Namespace) -> None:
         "--tensor-parallel-size": args.tensor_parallel_size, "--servers-per-gpu": args.servers_per_gpu,
         "--user-tensor-parallel-size": args.user_tensor_parallel_size, "--max-model-len": args.max_model_len,
         "--server-timeout": args.server_timeout, "--max-new-tokens": args.max_new_tokens,
+        "--retry-timeout": args.retry_timeout, "--request-timeout": args.request_timeout,
+        "--user-max-concurrency": args.user_max_concurrency, "--user-max-rpm": args.user_max_rpm,
     }
     for flag, value in positive.items():
         if value is not None and value <= 0:
@@ -459,7 +486,8 @@ def eval_settings(args: argparse.Namespace, agent_servers: int) -> EvalSettings:
         task_ids=tuple(args.task_ids) if args.task_ids else None, num_trials=args.num_trials,
         max_steps=args.max_steps, max_concurrency=args.max_concurrency or 16 * max(agent_servers, 1),
         seed=args.seed, max_new_tokens=args.max_new_tokens, parallel_domains=args.parallel_domains, overwrite=args.overwrite,
-        output_dir=Path(args.output_dir))
+        output_dir=Path(args.output_dir),
+        faults=FaultPolicy(args.retry_timeout, args.request_timeout, args.user_max_concurrency, args.user_max_rpm))
 
 
 def build_plan(args: argparse.Namespace, visible: tuple[str, ...], ports: Iterator[int],
@@ -924,6 +952,98 @@ class Fleet:
 # Evaluation: stock τ²-bench simulations, routed over the endpoints, resumable
 # ----------------------------------------------------------------------------------------------
 
+# What a failed call means is decided here and nowhere else. A score is a claim about the model: a
+# fault of the machinery (rate limit, 5xx, timeout, lost connection, a server gone) is retried and, if
+# it cannot be got past, leaves the simulation undone; it never becomes a reward of 0.
+MACHINERY_STATUS = frozenset({408, 409, 425, 429})
+MACHINERY_ERRORS = frozenset({"APIConnectionError", "APITimeoutError", "Timeout", "ConnectError", "ConnectTimeout",
+                              "ReadTimeout", "ReadError", "WriteError", "RemoteProtocolError", "ServiceUnavailableError",
+                              "InternalServerError", "BadGatewayError"})
+CONTEXT_OVERFLOW_MARKERS = ("maximum context length", "maximum model length", "context length",
+                            "context_length_exceeded", "prompt is too long")
+MODEL_FAILURES = ("context_overflow", "malformed_tool_call", "bad_reply")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What one failed call means.
+
+    kind: 'infrastructure' (connection refused or reset, timeout, HTTP 408/409/425/429/5xx): retried;
+    'configuration' (the endpoint refuses the request itself: a key, a model name, a flag; other 4xx):
+    retrying cannot help; both are the machinery's, never scored. 'context_overflow',
+    'malformed_tool_call', 'bad_reply': the model's doing, scored as τ²-bench scores it."""
+
+    kind: str
+    detail: str
+    retry_after: float | None = None
+
+    @property
+    def machinery(self) -> bool:
+        return self.kind not in MODEL_FAILURES
+
+
+def judge_failure(exc: BaseException) -> Verdict:
+    """The one place that decides whose fault a failed model call is."""
+    detail = f"{type(exc).__name__}: {exc}"[:600]
+    status = getattr(exc, "status_code", None)
+    status = status if isinstance(status, int) else None
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    if isinstance(exc, json.JSONDecodeError):  # τ²-bench parses the tool-call arguments the model wrote
+        return Verdict("malformed_tool_call", detail)
+    if "ContextWindowExceededError" in names or (status == 400 and any(
+            marker in str(exc).lower() for marker in CONTEXT_OVERFLOW_MARKERS)):
+        return Verdict("context_overflow", detail)
+    if (isinstance(exc, (ConnectionError, TimeoutError)) or names & MACHINERY_ERRORS
+            or status in MACHINERY_STATUS or (status or 0) >= 500):
+        return Verdict("infrastructure", detail, retry_after_s(exc))
+    if status is not None and 400 <= status < 500:
+        return Verdict("configuration", detail)
+    return Verdict("bad_reply", detail)  # a reply τ²-bench could not take in
+
+
+def retry_after_s(exc: BaseException) -> float | None:
+    """Seconds the endpoint asked for (Retry-After, as seconds or an HTTP date), if it said."""
+    for headers in (getattr(getattr(exc, "response", None), "headers", None),
+                    getattr(exc, "litellm_response_headers", None), getattr(exc, "headers", None)):
+        with contextlib.suppress(AttributeError, TypeError):
+            value = next((v for k, v in headers.items() if k.lower() == "retry-after"), None)
+            if value is None:
+                continue
+            with contextlib.suppress(ValueError):
+                return max(float(value), 0.0)
+            with contextlib.suppress(TypeError, ValueError):
+                when = email.utils.parsedate_to_datetime(value)
+                return max((when - datetime.now(when.tzinfo)).total_seconds(), 0.0)
+    return None
+
+
+def backoff_s(attempt: int, retry_after: float | None, rng: random.Random) -> float:
+    """Exponential backoff with full jitter (callers that failed together do not come back together),
+    never shorter than what the endpoint asked for."""
+    jittered = rng.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** attempt))
+    return max(retry_after or 0.0, jittered) * rng.uniform(1.0, 1.2)
+
+
+class ModelFailure(Exception):
+    """A call failed through the model's doing (side: 'agent' or 'user')."""
+
+    def __init__(self, side: str, verdict: Verdict):
+        super().__init__(verdict.detail)
+        self.side, self.verdict = side, verdict
+
+
+class MachineryFailure(Exception):
+    """A call failed for the machinery's sake and could not be got past: the simulation is left undone.
+    hopeless: the endpoint answered nothing but errors for the whole retry window, so its domain stops."""
+
+    def __init__(self, side: str, endpoint: str, detail: str, hopeless: bool):
+        super().__init__(f"{side} endpoint {endpoint}: {detail}")
+        self.side, self.endpoint, self.detail, self.hopeless = side, endpoint, detail, hopeless
+
+
+class NoLiveServer(Exception):
+    """Every server of a pool is gone: the simulations that need it cannot run."""
+
 
 class Router:
     """Sends each conversation to a live server with the fewest conversations in flight, so load stays
@@ -938,11 +1058,13 @@ class Router:
         self.served = dict.fromkeys(self.urls, 0)
         self.live = set(self.urls)
 
-    def acquire(self) -> str:
+    def acquire(self, avoid: str | None = None) -> str:
+        """A server for one conversation; `avoid` (one that just failed) only when it is the last one."""
         with self._lock:
-            if not self.live:
-                raise NoLiveServer("no live server left")
             live = [u for u in self.urls if u in self.live]
+            if not live:
+                raise NoLiveServer("no live server left: every server of the pool is gone")
+            live = [u for u in live if u != avoid] or live
             least = min(self.in_flight[u] for u in live)
             url = min((u for u in live if self.in_flight[u] <= least + 1), key=lambda u: (self.served[u], self.in_flight[u]))
             self.in_flight[url] += 1
@@ -964,34 +1086,203 @@ class Router:
         with self._lock:
             self.live.add(url)
 
+    def others_live(self, url: str) -> bool:
+        with self._lock:
+            return bool(self.live - {url})
+
 
 class Lease:
-    """One conversation's hold on a server of a pool; it moves to another server if its own is gone."""
+    """One conversation's hold on a server of a pool; it moves to another server when its own fails."""
 
     def __init__(self, router: Router, on_dead: Callable[[str], None]):
         self.router, self.on_dead = router, on_dead
         self.url = router.acquire()
 
     def server_gone(self) -> bool:
-        """After a failed call: did the server go (no answer on /health), or was it the model's doing?"""
-        return not serves(self.url, timeout=2.0)
+        """Nothing answers at the server's address any more (any HTTP answer means it is there)."""
+        return http_get_json(f"{self.url.removesuffix('/v1')}/health", timeout=2.0)[0] == 0
 
-    def move(self) -> None:
-        """Drop the gone server from routing and hold another."""
-        self.on_dead(self.url)
-        self.router.release(self.url)
-        self.url = self.router.acquire()
+    def move(self, server_gone: bool) -> None:
+        """Hold another server of the pool: the gone one leaves routing; a failing one stays in it."""
+        if server_gone:
+            self.on_dead(self.url)
+        elif not self.router.others_live(self.url):
+            return
+        failed, self.url = self.url, None
+        self.router.release(failed)
+        self.url = self.router.acquire(avoid=failed)
 
     def __enter__(self) -> Lease:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.router.release(self.url)
+        if self.url is not None:
+            self.router.release(self.url)
+
+
+class Pacer:
+    """Paces one pool's calls: at most `ceiling` in flight and `rpm` started a minute. On HTTP 429 the
+    whole pool slows down, not each caller on its own: the calls allowed in flight halve and everyone
+    waits out Retry-After; successes win the room back one call at a time (as TCP's congestion control)."""
+
+    def __init__(self, name: str, ceiling: int, rpm: float | None, say: Callable[[str], None]):
+        self.name, self.ceiling, self.say = name, ceiling, say
+        self.limit = ceiling
+        self.interval = 60.0 / rpm if rpm else 0.0
+        self.in_flight = 0
+        self.next_start = self.paused_until = self.calm_until = 0.0
+        self.successes = 0
+        self.rate_limited_calls = 0
+        self.note = ""  # shown in the progress view once the pool was slowed down
+        self._cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[None]:
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                wait = max(self.paused_until, self.next_start) - now
+                if self.in_flight < self.limit and wait <= 0:
+                    break
+                self._cond.wait(timeout=wait if wait > 0 else 1.0)
+            self.in_flight += 1
+            self.next_start = now + self.interval
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.in_flight -= 1
+                self._cond.notify_all()
+
+    def succeeded(self) -> None:
+        with self._cond:
+            self.successes += 1
+            if self.limit < self.ceiling and self.successes >= self.limit:
+                self.limit, self.successes = self.limit + 1, 0
+                self._cond.notify_all()
+
+    def rate_limited(self, retry_after: float | None) -> None:
+        """One slow-down per burst of 429s; said once in the log."""
+        with self._cond:
+            now = time.monotonic()
+            self.rate_limited_calls += 1
+            pause = retry_after if retry_after is not None else BACKOFF_BASE_S
+            self.paused_until = max(self.paused_until, now + pause)
+            if now < self.calm_until:
+                return
+            self.calm_until = now + max(pause, 1.0)
+            self.limit, self.successes = max(1, min(self.limit, self.in_flight + 1) // 2), 0
+            first = not self.note
+            self.note = f"rate-limited (HTTP 429): paced to {self.limit} calls in flight"
+        if first:
+            self.say(f"{self.name}: HTTP 429 (rate limit); slowing the whole pool down to {self.limit} call(s) "
+                     "in flight, growing back as calls succeed")
+
+
+class EndpointHealth:
+    """Per endpoint: since when it has answered nothing but errors, and its last error. One that fails
+    for the whole retry window is hopeless: its domain stops instead of waiting out every simulation."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.failing_since: dict[str, float] = {}
+        self.last_error: dict[str, str] = {}
+
+    def ok(self, endpoint: str) -> None:
+        with self._lock:
+            self.failing_since.pop(endpoint, None)
+
+    def failed(self, endpoint: str, detail: str) -> None:
+        with self._lock:
+            self.failing_since.setdefault(endpoint, time.monotonic())
+            self.last_error[endpoint] = detail
+
+    def hopeless(self, endpoint: str, window: float) -> bool:
+        with self._lock:
+            since = self.failing_since.get(endpoint)
+            return since is not None and time.monotonic() - since >= window
+
+
+@dataclass
+class CallGuard:
+    """One simulation's calls to one pool (the agent's or the user simulator's). A failed call is judged;
+    the model's failures end the simulation as the model's; the machinery's are retried with backoff, on
+    another live server of the pool where there is one, the history as it was before the call, until the
+    simulation's retry budget is spent."""
+
+    side: str  # "agent" or "user"
+    lease: Lease | None  # None: a hosted API, no server of ours to choose
+    model: str
+    pacer: Pacer
+    health: EndpointHealth
+    budget: list[float]  # [seconds spent retrying so far, the limit], shared by the simulation's guards
+    stats: Counter
+    stopping: threading.Event
+    rng: random.Random = field(default_factory=random.Random)
+
+    @property
+    def endpoint(self) -> str:
+        return self.lease.url if self.lease else f"{self.model} API"
+
+    def call(self, attempt: Callable[[], Any], rollback: Callable[[], None]) -> Any:
+        failing_since: float | None = None
+        for retry in itertools.count():
+            began = time.monotonic()
+            try:
+                with self.pacer.slot():
+                    result = attempt()
+            except Exception as exc:
+                rollback()
+                verdict = judge_failure(exc)
+                if not verdict.machinery:
+                    raise ModelFailure(self.side, verdict) from exc
+                failing_since = failing_since or began
+                self._handle_machinery(verdict, exc, retry, failing_since)
+                continue
+            self.pacer.succeeded()
+            self.health.ok(self.endpoint)
+            if failing_since is not None:
+                self.budget[0] += time.monotonic() - failing_since
+                self.stats["recovered_calls"] += 1
+            return result
+
+    def _handle_machinery(self, verdict: Verdict, exc: BaseException, retry: int, failing_since: float) -> None:
+        """Wait and move on for the next try, or give up (raise) when the budget is spent."""
+        endpoint = self.endpoint
+        self.health.failed(endpoint, verdict.detail)
+        if getattr(exc, "status_code", None) == 429:
+            self.pacer.rate_limited(verdict.retry_after)
+        wait = backoff_s(retry, verdict.retry_after, self.rng)
+        spent = self.budget[0] + time.monotonic() - failing_since
+        hopeless = verdict.kind == "configuration" or self.health.hopeless(endpoint, self.budget[1])
+        if hopeless or spent + wait > self.budget[1] or self.stopping.is_set():
+            self.budget[0] = spent
+            raise MachineryFailure(self.side, endpoint, verdict.detail, hopeless) from exc
+        self.stats["retried_calls"] += 1
+        if self.lease:
+            self.lease.move(server_gone=self.lease.server_gone())
+        self.stopping.wait(wait)
+
+
+def guarded(model: Any, generate: Callable[[Any, Any], Any], message: Any, state: Any) -> Any:
+    """One of τ²-bench's generate_next_message calls, through the simulation's guard: each try goes to the
+    guard's server and sees the history as it was before the failed try."""
+    kept = len(state.messages)
+
+    def attempt() -> Any:
+        if model.guard.lease:
+            model.llm_args["api_base"] = model.guard.lease.url
+        return generate(message, state)
+
+    def rollback() -> None:
+        del state.messages[kept:]
+
+    return model.guard.call(attempt, rollback)
 
 
 def load_tau2(log_path: Path) -> Any:
     """Import τ²-bench (slow: litellm, pandas) only when a run needs it, its logs going to our log file,
-    and register the routed agent: τ²-bench's own LLM agent, whose calls follow the conversation's lease."""
+    and register its LLM agent and user simulator with every call guarded (see CallGuard)."""
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     from loguru import logger
 
@@ -999,27 +1290,31 @@ def load_tau2(log_path: Path) -> Any:
     logger.add(log_path, level="INFO")
     import tau2.run
     from tau2.agent.llm_agent import LLMAgent
+    from tau2.user.user_simulator import UserSimulator
 
     class RoutedAgent(LLMAgent):
         def __init__(self, tools: list, domain_policy: str, llm: str | None = None, llm_args: dict | None = None):
             llm_args = dict(llm_args or {})
-            self.lease: Lease = llm_args.pop("lease")
+            self.guard: CallGuard = llm_args.pop("guard")
             super().__init__(tools=tools, domain_policy=domain_policy, llm=llm, llm_args=llm_args)
 
         def generate_next_message(self, message: Any, state: Any) -> Any:
-            kept = len(state.messages)
-            for attempt in range(SIMULATION_ATTEMPTS):
-                self.llm_args["api_base"] = self.lease.url
-                try:
-                    return super().generate_next_message(message, state)
-                except Exception:
-                    del state.messages[kept:]  # the call is retried with the same history
-                    if attempt == SIMULATION_ATTEMPTS - 1 or not self.lease.server_gone():
-                        raise
-                    self.lease.move()
+            return guarded(self, super().generate_next_message, message, state)
+
+    class RoutedUser(UserSimulator):
+        def __init__(self, tools: list | None = None, instructions: str | None = None, llm: str | None = None,
+                     llm_args: dict | None = None):
+            llm_args = dict(llm_args or {})
+            self.guard: CallGuard = llm_args.pop("guard")
+            super().__init__(tools=tools, instructions=instructions, llm=llm, llm_args=llm_args)
+
+        def generate_next_message(self, message: Any, state: Any) -> Any:
+            return guarded(self, super().generate_next_message, message, state)
 
     if AGENT_IMPLEMENTATION not in tau2.run.registry.get_agents():
         tau2.run.registry.register_agent(RoutedAgent, AGENT_IMPLEMENTATION)
+    if USER_IMPLEMENTATION not in tau2.run.registry.get_users():
+        tau2.run.registry.register_user(RoutedUser, USER_IMPLEMENTATION)
     return tau2.run
 
 
@@ -1051,15 +1346,42 @@ class Job:
     seed: int
 
 
+@dataclass(frozen=True)
+class NotScored:
+    """A simulation left out of the score: the user simulator failed it ('user_simulator_error', τ²-bench's
+    user_error) or the machinery did ('infrastructure'). Kept in <domain>.not_scored.json; a rerun runs it."""
+
+    task_id: str
+    trial: int
+    seed: int
+    reason: str
+    error: str
+    at: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one simulation came to: a SimulationRun to score or a NotScored, the calls it retried, and
+    the reason its domain must stop, if the machinery is hopeless."""
+
+    job: Job
+    result: Any
+    stats: Counter
+    stop_domain: str | None = None
+
+
 @dataclass
 class DomainRun:
-    """One domain's results, on disk after every finished simulation (τ²-bench's own format)."""
+    """One domain's results, on disk after every finished simulation (τ²-bench's own format), and the
+    simulations it could not score, beside it."""
 
     domain: str
     path: Path
     results: Any  # tau2 Results
     total: int
     secrets: tuple[str, ...]
+    not_scored: dict[tuple[int, str], NotScored] = field(default_factory=dict)
+    stats: Counter = field(default_factory=Counter)  # retried and recovered calls, this run
     started_at: float = 0.0
     finished_at: float = 0.0
     error: str | None = None
@@ -1068,16 +1390,33 @@ class DomainRun:
     def done(self) -> int:
         return len(self.results.simulations)
 
+    @property
+    def side_path(self) -> Path:
+        return self.path.with_suffix(".not_scored.json")
+
     def finished(self) -> set[tuple[int, str]]:
         return {(sim.trial, sim.task_id) for sim in self.results.simulations}
 
-    def add(self, simulation: Any) -> None:
+    def record(self, outcome: Outcome) -> None:
         """Called from the main thread only, so writes never interleave."""
-        self.results.simulations.append(simulation)
+        self.stats.update(outcome.stats)
+        key = (outcome.job.trial, outcome.job.task.id)
+        if isinstance(outcome.result, NotScored):
+            self.not_scored[key] = outcome.result
+            self.save_not_scored()
+            return
+        self.stats["recovered_simulations"] += bool(outcome.stats.get("recovered_calls"))
+        self.results.simulations.append(outcome.result)
         self.save()
+        if self.not_scored.pop(key, None):
+            self.save_not_scored()
 
     def save(self) -> None:
         atomic_write(self.path, redact(self.results.model_dump_json(indent=2), self.secrets))
+
+    def save_not_scored(self) -> None:
+        entries = [vars(n) for n in sorted(self.not_scored.values(), key=lambda n: (n.trial, n.task_id))]
+        atomic_write(self.side_path, redact(json.dumps(entries, indent=2) + "\n", self.secrets))
 
     def reward_so_far(self) -> float | None:
         rewards = [sim_reward(s) for s in self.results.simulations]
@@ -1159,24 +1498,38 @@ def open_domain(tau2_run: Any, plan: Plan, domain: str, tasks: list, secrets: tu
                          "pass --overwrite to start afresh or use another --output-dir")
     wanted = {(trial, t.id) for trial in range(plan.eval.num_trials) for t in tasks}
     old.simulations = [s for s in old.simulations if (s.trial, s.task_id) in wanted]
-    return DomainRun(domain, path, old, total, secrets)
+    run = DomainRun(domain, path, old, total, secrets)
+    run.not_scored = {key: entry for key, entry in read_not_scored(run.side_path).items()
+                      if key in wanted and key not in run.finished()}
+    return run
 
 
-def failed_simulation(job: Job, exc: BaseException) -> Any:
-    """What τ²-bench records for a sample that failed (its skip_failed_samples): agent_error, reward 0."""
+def read_not_scored(path: Path) -> dict[tuple[int, str], NotScored]:
+    """The side file of an earlier run; unreadable means nothing to carry over (it is a record, not results)."""
+    try:
+        entries = json.loads(path.read_text())
+        return {(e["trial"], e["task_id"]): NotScored(**e) for e in entries}
+    except (OSError, ValueError, TypeError, KeyError):
+        return {}
+
+
+def failed_simulation(job: Job, category: str, error: str) -> Any:
+    """What τ²-bench records for a sample the agent model broke (its skip_failed_samples): agent_error,
+    reward 0; the category (context_overflow, malformed_tool_call, ...) says how."""
     from tau2.data_model.simulation import RewardInfo, SimulationRun, TerminationReason
 
     now = datetime.now().isoformat()
     return SimulationRun(
         id=f"{job.task.id}_{job.trial}_failed", task_id=job.task.id, start_time=now, end_time=now,
         duration=0.0, termination_reason=TerminationReason.AGENT_ERROR, messages=[], trial=job.trial,
-        seed=job.seed, reward_info=RewardInfo(reward=0.0, info={"error": f"{type(exc).__name__}: {exc}"[:2000]}),
+        seed=job.seed, reward_info=RewardInfo(reward=0.0, info={"error": error[:2000], "category": category}),
         skipped=True)
 
 
 @dataclass
 class Evaluation:
-    """The shared state of the simulations: pools, results, and what happened to servers."""
+    """The shared state of the simulations: pools, their pacing and health, results, and what happened
+    to servers."""
 
     tau2: Any
     plan: Plan
@@ -1185,49 +1538,77 @@ class Evaluation:
     runs: dict[str, DomainRun]
     say: Callable[[str], None]
     events: list[str] = field(default_factory=list)
-    closed: bool = False  # set when the run stops: failures after that are the stop's, not servers'
+    stopping: threading.Event = field(default_factory=threading.Event)  # the run is stopping: give up, say nothing
+    health: EndpointHealth = field(default_factory=EndpointHealth)
+    pacers: dict[str, Pacer] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        e = self.plan.eval
+        self.pacers = {"agent": Pacer("agent pool", e.max_concurrency, None, self.event),
+                       "user": Pacer("user simulator", e.faults.user_max_concurrency or e.max_concurrency,
+                                     e.faults.user_max_rpm, self.event)}
 
     def pools(self) -> list[Router]:
         return [p for p in (self.agent_pool, self.user_pool) if p is not None]
 
     def on_dead(self, url: str) -> None:
         """A server stopped answering: out of every pool, said once."""
-        if any([pool.mark_dead(url) for pool in self.pools()]) and not self.closed:
+        if any([pool.mark_dead(url) for pool in self.pools()]) and not self.stopping.is_set():
             self.event(f"server {url} stopped answering; taken out of routing")
 
     def event(self, text: str) -> None:
         self.events.append(f"{now_iso()} {text}")
         self.say(text)
 
-    def run_one(self, job: Job) -> Any:
-        """One simulation with stock τ²-bench. A failure with a server gone means running it again
-        elsewhere; a failure with every server still serving is the model's doing (malformed tool-call
-        JSON, say) and is recorded as τ²-bench records it (agent_error, reward 0)."""
-        last: BaseException | None = None
-        for _ in range(SIMULATION_ATTEMPTS):
-            with Lease(self.agent_pool, self.on_dead) as agent, \
-                    (Lease(self.user_pool, self.on_dead) if self.user_pool else contextlib.nullcontext()) as user:
-                try:
-                    simulation = self.tau2.run_task(
-                        domain=job.domain, task=job.task, agent=AGENT_IMPLEMENTATION, user=USER_IMPLEMENTATION,
-                        llm_agent=hosted(self.plan.agent_name),
-                        llm_args_agent={**self.plan.eval.llm_args(), "num_retries": 1, "lease": agent},
-                        llm_user=self.plan.user_llm,
-                        llm_args_user={**self.plan.eval.llm_args(), "num_retries": 2,
-                                       **({"api_base": user.url} if user else {})},
-                        max_steps=self.plan.eval.max_steps, max_errors=MAX_ERRORS, seed=job.seed)
-                    simulation.trial = job.trial
-                    return simulation
-                except NoLiveServer:
-                    raise
-                except Exception as exc:
-                    gone = [lease.url for lease in (agent, user) if lease and lease.server_gone()]
-                    if not gone:
-                        return failed_simulation(job, exc)
-                    for url in gone:
-                        self.on_dead(url)
-                    last = exc
-        raise NoLiveServer(f"servers kept vanishing: {last}")
+    def call_args(self) -> dict[str, Any]:
+        """Sampling, plus what our guard needs: no retries inside litellm or the OpenAI client (the guard
+        retries, and counts), and a timeout per call."""
+        return {**self.plan.eval.llm_args(), "num_retries": 0, "max_retries": 0,
+                "timeout": self.plan.eval.faults.request_timeout}
+
+    @contextlib.contextmanager
+    def guards(self, stats: Counter) -> Iterator[tuple[CallGuard, CallGuard]]:
+        """The agent's and the user simulator's guards of one simulation, sharing its retry budget."""
+        budget = [0.0, self.plan.eval.faults.retry_timeout]
+        with Lease(self.agent_pool, self.on_dead) as agent, \
+                (Lease(self.user_pool, self.on_dead) if self.user_pool else contextlib.nullcontext()) as user:
+            yield (CallGuard("agent", agent, self.plan.agent_name, self.pacers["agent"], self.health, budget,
+                             stats, self.stopping),
+                   CallGuard("user", user, self.plan.user_llm, self.pacers["user"], self.health, budget,
+                             stats, self.stopping))
+
+    def run_one(self, job: Job) -> Outcome:
+        """One simulation with stock τ²-bench. What a failure means is judged per call (judge_failure):
+        the agent model's failure is scored as τ²-bench scores it (agent_error, reward 0); the user
+        simulator's is not held against the agent (not scored); the machinery's is retried and, if it
+        cannot be got past, leaves the simulation undone."""
+        stats: Counter = Counter()
+        try:
+            with self.guards(stats) as (agent, user):
+                simulation = self.tau2.run_task(
+                    domain=job.domain, task=job.task, agent=AGENT_IMPLEMENTATION, user=USER_IMPLEMENTATION,
+                    llm_agent=hosted(self.plan.agent_name), llm_args_agent={**self.call_args(), "guard": agent},
+                    llm_user=self.plan.user_llm, llm_args_user={**self.call_args(), "guard": user},
+                    max_steps=self.plan.eval.max_steps, max_errors=MAX_ERRORS, seed=job.seed)
+            simulation.trial = job.trial
+            return Outcome(job, simulation, stats)
+        except ModelFailure as exc:
+            if exc.side == "agent":
+                return Outcome(job, failed_simulation(job, exc.verdict.kind, exc.verdict.detail), stats)
+            return Outcome(job, self.not_scored(job, "user_simulator_error", exc.verdict.detail), stats)
+        except MachineryFailure as exc:
+            stop = (f"{exc.side} endpoint {exc.endpoint} answered nothing but errors for "
+                    f"{self.plan.eval.faults.retry_timeout:.0f}s (--retry-timeout); last error: {exc.detail}"
+                    if exc.hopeless else None)
+            return Outcome(job, self.not_scored(job, "infrastructure", str(exc)), stats, stop)
+        except NoLiveServer:
+            raise
+        except Exception as exc:  # τ²-bench failed outside any model call: it scores that as the agent's
+            return Outcome(job, failed_simulation(job, "agent_error", f"{type(exc).__name__}: {exc}"), stats)
+
+    @staticmethod
+    def not_scored(job: Job, reason: str, error: str) -> NotScored:
+        return NotScored(job.task.id, job.trial, job.seed, reason, error[:2000], now_iso())
 
 
 def schedule(runs: dict[str, DomainRun], seeds: list[int], tasks: dict[str, list], parallel: bool) -> list[list[Job]]:
@@ -1251,8 +1632,9 @@ def zip_longest_all(lists: list[list[Job]]) -> Iterator[list[Job]]:
 
 def evaluate(ev: Evaluation, batches: list[list[Job]], fleet: Fleet | None, view: ProgressView,
              restart_dead: bool) -> None:
-    """Run the batches on a pool of --max-concurrency threads while the main thread watches the
-    servers and redraws progress. A domain whose servers are all gone fails; the others go on."""
+    """Run the batches on a pool of --max-concurrency threads while the main thread records outcomes,
+    watches the servers and redraws progress. A domain whose servers are all gone, or whose endpoint is
+    hopeless, stops (its simulations not yet started are left undone); the others go on."""
     pool = futures.ThreadPoolExecutor(max_workers=ev.plan.eval.max_concurrency, thread_name_prefix="sim")
     try:
         for batch in batches:
@@ -1265,17 +1647,25 @@ def evaluate(ev: Evaluation, batches: list[list[Job]], fleet: Fleet | None, view
                     job = pending.pop(fut)
                     run = ev.runs[job.domain]
                     try:
-                        run.add(fut.result())
+                        outcome = fut.result()
+                        run.record(outcome)
+                        stop = outcome.stop_domain
                     except NoLiveServer as exc:
-                        run.error = run.error or f"no live server: {exc}"
-                    except Exception as exc:  # a bug or a τ²-bench failure: the domain fails, loudly
-                        run.error = run.error or f"{type(exc).__name__}: {exc}"
+                        stop = str(exc)
+                    except Exception as exc:  # a bug of ours: the domain fails, loudly
+                        stop = f"{type(exc).__name__}: {exc}"
+                    if stop and not run.error:
+                        run.error = stop
+                        ev.event(f"{job.domain} stopped: {stop}")
+                        for other, other_job in list(pending.items()):
+                            if other_job.domain == job.domain and other.cancel():
+                                del pending[other]
                     if not any(j.domain == job.domain for j in pending.values()):
                         run.finished_at = run.finished_at or time.monotonic()
                 watch_fleet(ev, fleet, restart_dead)
                 view.refresh()
     finally:
-        ev.closed = True
+        ev.stopping.set()
         pool.shutdown(wait=False, cancel_futures=True)
 
 
@@ -1353,20 +1743,23 @@ class ProgressView:
         beat = time.monotonic() - self._last_line > self.interval  # a line now and then, even when idle
         for run in self.ev.runs.values():
             active = run.started_at and not run.finished_at
-            if run.started_at and (self._last_counts.get(run.domain) != run.done or (beat and active)):
-                self._last_counts[run.domain], self._last_line = run.done, time.monotonic()
+            settled = run.done + len(run.not_scored)
+            if run.started_at and (self._last_counts.get(run.domain) != settled or (beat and active)):
+                self._last_counts[run.domain], self._last_line = settled, time.monotonic()
                 self.console.print(f"{now_iso()} {self.domain_line(run)}", highlight=False)
 
     def domain_line(self, run: DomainRun) -> str:
         reward = run.reward_so_far()
+        faults = (f", {len(run.not_scored)} not scored" if run.not_scored else "") + (
+            f", {run.stats['retried_calls']} calls retried" if run.stats["retried_calls"] else "")
         return (f"{run.domain}: {run.done}/{run.total} simulations, avg reward "
-                f"{'-' if reward is None else f'{reward:.3f}'}, ETA {self.eta(run)}")
+                f"{'-' if reward is None else f'{reward:.3f}'}{faults}, ETA {self.eta(run)}")
 
     @staticmethod
     def eta(run: DomainRun) -> str:
         if run.error:
             return "failed"
-        if run.done >= run.total:
+        if run.done + len(run.not_scored) >= run.total:
             return "done"
         if not run.started_at or not run.done:
             return "-"
@@ -1390,13 +1783,15 @@ class ProgressView:
                 state = server.state if server else ("live" if url in pool.live else "dead")
                 gpus = ",".join(server.spec.gpus) if server and server.spec.gpus else "-"
                 servers.add_row(url, role, gpus, state, str(pool.in_flight[url]), str(pool.served[url]))
-        domains = Table(title="domains", expand=False)
-        for col in ("domain", "progress", "done", "avg reward", "ETA"):
+        notes = [p.note for p in self.ev.pacers.values() if p.note]
+        domains = Table(title="domains", expand=False, caption="; ".join(notes) or None)
+        for col in ("domain", "progress", "done", "not scored", "retried calls", "avg reward", "ETA"):
             domains.add_column(col)
         for run in self.ev.runs.values():
             reward = run.reward_so_far()
             domains.add_row(run.domain, ProgressBar(total=max(run.total, 1), completed=run.done, width=30),
-                            f"{run.done}/{run.total}", "-" if reward is None else f"{reward:.3f}", self.eta(run))
+                            f"{run.done}/{run.total}", str(len(run.not_scored)), str(run.stats["retried_calls"]),
+                            "-" if reward is None else f"{reward:.3f}", self.eta(run))
         return Group(servers, domains)
 
 
@@ -1426,39 +1821,84 @@ def score(simulations: Sequence[Any]) -> dict[str, Any]:
     return {"avg_reward": sum(rewards) / len(rewards) if rewards else None, "pass_hat_k": pass_k}
 
 
-def agent_tokens(simulations: Sequence[Any]) -> dict[str, int]:
+def tokens(simulations: Sequence[Any], role: str) -> dict[str, int]:
+    """Prompt and completion tokens of one side's replies ('assistant': the agent, 'user': the simulator)."""
     prompt = completion = 0
     for sim in simulations:
         for msg in sim.messages:
-            usage = getattr(msg, "usage", None) if getattr(msg, "role", None) == "assistant" else None
+            usage = getattr(msg, "usage", None) if getattr(msg, "role", None) == role else None
             if usage:
                 prompt += int(usage.get("prompt_tokens", 0) or 0)
                 completion += int(usage.get("completion_tokens", 0) or 0)
     return {"prompt": prompt, "completion": completion}
 
 
-def domain_summary(run: DomainRun) -> dict[str, Any]:
+def api_cost(model: str, used: dict[str, int]) -> float | str:
+    """Dollars for a hosted model from litellm's bundled price map; 'unknown' for one it does not price
+    (a model on our own servers among them)."""
+    import litellm
+
+    price = None if model.startswith("hosted_vllm/") else litellm.model_cost.get(model)
+    if not price or "input_cost_per_token" not in price:
+        return "unknown"
+    return round(used["prompt"] * price["input_cost_per_token"]
+                 + used["completion"] * price.get("output_cost_per_token", 0.0), 6)
+
+
+def failure_counts(run: DomainRun) -> dict[str, int]:
+    """Why simulations scored 0 through a failure, or were not scored at all, and how many calls the
+    machinery made us retry: the model's failures by category (scored 0, as τ²-bench scores them), the
+    user simulator's and the machinery's (not scored)."""
+    model = Counter((s.reward_info.info or {}).get("category", "agent_error") if s.reward_info else "agent_error"
+                    for s in run.results.simulations if s.termination_reason == "agent_error")
+    left = Counter(n.reason for n in run.not_scored.values())
+    return {
+        "context_overflow": model["context_overflow"], "malformed_tool_call": model["malformed_tool_call"],
+        "bad_reply": model["bad_reply"], "other_agent_error": model["agent_error"],
+        "user_simulator_error": left["user_simulator_error"], "infrastructure_undone": left["infrastructure"],
+        "not_started": max(run.total - run.done - sum(left.values()), 0),
+        "retried_calls": run.stats["retried_calls"], "recovered_calls": run.stats["recovered_calls"],
+        "recovered_simulations": run.stats["recovered_simulations"],
+    }
+
+
+def domain_summary(run: DomainRun, models: dict[str, str]) -> dict[str, Any]:
     sims = run.results.simulations
+    used = {side: tokens(sims, role) for side, role in (("agent", "assistant"), ("user", "user"))}
     return {
         "tasks": len({t.id for t in run.results.tasks}), "trials": run.results.info.num_trials,
-        "simulations": len(sims), "expected_simulations": run.total, **score(sims),
+        "simulations": len(sims), "expected_simulations": run.total, "not_scored": run.total - len(sims),
+        **score(sims),
         "termination_reasons": dict(Counter(str(s.termination_reason.value) for s in sims)),
+        "failures": failure_counts(run),
         "wall_time_s": round(max(run.finished_at - run.started_at, 0.0), 1) if run.started_at else 0.0,
-        "agent_tokens": agent_tokens(sims), "status": "failed" if run.error else (
-            "complete" if len(sims) >= run.total else "incomplete"),
+        "agent_tokens": used["agent"], "user_tokens": used["user"],
+        "cost_usd": {side: api_cost(models[side], used[side]) for side in used},
+        "status": "failed" if run.error else ("complete" if len(sims) >= run.total else "incomplete"),
         **({"error": run.error} if run.error else {}),
     }
 
 
+def add_up(values: Iterable[float | str]) -> float | str:
+    values = list(values)
+    return "unknown" if "unknown" in values else round(sum(values), 6)
+
+
 def summarize(ev: Evaluation, wall_s: float) -> dict[str, Any]:
-    domains = {name: domain_summary(run) for name, run in ev.runs.items()}
+    models = {"agent": hosted(ev.plan.agent_name), "user": ev.plan.user_llm}
+    domains = {name: domain_summary(run, models) for name, run in ev.runs.items()}
     all_sims = [(name, s) for name, run in ev.runs.items() for s in run.results.simulations]
     overall_sims = [_Tagged(f"{name}/{s.task_id}", s) for name, s in all_sims]
+    total = lambda key: {k: sum(d[key][k] for d in domains.values()) for k in next(iter(domains.values()))[key]}
     overall = {
-        "tasks": sum(d["tasks"] for d in domains.values()), "simulations": len(all_sims), **score(overall_sims),
+        "tasks": sum(d["tasks"] for d in domains.values()), "simulations": len(all_sims),
+        "expected_simulations": sum(d["expected_simulations"] for d in domains.values()),
+        "not_scored": sum(d["not_scored"] for d in domains.values()), **score(overall_sims),
         "termination_reasons": dict(sum((Counter(d["termination_reasons"]) for d in domains.values()), Counter())),
-        "wall_time_s": round(wall_s, 1),
-        "agent_tokens": {k: sum(d["agent_tokens"][k] for d in domains.values()) for k in ("prompt", "completion")},
+        "failures": total("failures"), "wall_time_s": round(wall_s, 1),
+        "agent_tokens": total("agent_tokens"), "user_tokens": total("user_tokens"),
+        "cost_usd": {side: add_up(d["cost_usd"][side] for d in domains.values()) for side in models},
+        "rate_limited_calls": {side: pacer.rate_limited_calls for side, pacer in ev.pacers.items()},
     }
     routing = {url: ev.agent_pool.served[url] for url in ev.agent_pool.urls}
     return {"domains": domains, "overall": overall, "agent_conversations_per_server": routing,
@@ -1479,16 +1919,24 @@ class _Tagged:
 
 def summary_markdown(summary: dict[str, Any]) -> str:
     ks = sorted({k for d in summary["domains"].values() for k in d["pass_hat_k"]}, key=int)
-    head = ["domain", "tasks", "trials", "simulations", "avg reward", *[f"pass^{k}" for k in ks], "status"]
+    head = ["domain", "tasks", "trials", "simulations", "not scored", "avg reward", *[f"pass^{k}" for k in ks],
+            "status"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     rows = [(name, d) for name, d in summary["domains"].items()] + [("overall", summary["overall"])]
     for name, d in rows:
         reward = "-" if d["avg_reward"] is None else f"{d['avg_reward']:.4f}"
-        cells = [name, str(d["tasks"]), str(d.get("trials", "")), str(d["simulations"]), reward,
-                 *[f"{d['pass_hat_k'][k]:.4f}" if k in d["pass_hat_k"] else "-" for k in ks], d.get("status", "")]
+        cells = [name, str(d["tasks"]), str(d.get("trials", "")), str(d["simulations"]), str(d["not_scored"]),
+                 reward, *[f"{d['pass_hat_k'][k]:.4f}" if k in d["pass_hat_k"] else "-" for k in ks],
+                 d.get("status", "")]
         lines.append("| " + " | ".join(cells) + " |")
-    reasons = summary["overall"]["termination_reasons"]
+    overall = summary["overall"]
+    reasons = overall["termination_reasons"]
     lines += ["", "Termination reasons: " + (", ".join(f"{k} {v}" for k, v in sorted(reasons.items())) or "none")]
+    lines += ["", "Failures (the model's are scored 0; the user simulator's and the machinery's are not scored): "
+              + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in overall["failures"].items())]
+    lines += ["", "Tokens and API cost: " + "; ".join(
+        f"{side} {overall[f'{side}_tokens']['prompt']} prompt + {overall[f'{side}_tokens']['completion']} completion, "
+        + (f"${cost:.4f}" if isinstance(cost, float) else "cost unknown") for side, cost in overall["cost_usd"].items())]
     if summary["server_events"]:
         lines += ["", "Server events:", *[f"- {e}" for e in summary["server_events"]]]
     return "\n".join(lines) + "\n"
@@ -1499,12 +1947,13 @@ def print_summary(console: Any, summary: dict[str, Any]) -> None:
 
     ks = sorted({k for d in summary["domains"].values() for k in d["pass_hat_k"]}, key=int)
     table = Table(title="τ²-bench scores")
-    for col in ("domain", "tasks", "simulations", "avg reward", *[f"pass^{k}" for k in ks], "wall", "status"):
+    for col in ("domain", "tasks", "simulations", "not scored", "avg reward", *[f"pass^{k}" for k in ks], "wall",
+                "status"):
         table.add_column(col, justify="left" if col in ("domain", "status") else "right")
     rows = [(name, d) for name, d in summary["domains"].items()] + [("overall", summary["overall"])]
     for name, d in rows:
         reward = "-" if d["avg_reward"] is None else f"{d['avg_reward']:.3f}"
-        table.add_row(name, str(d["tasks"]), str(d["simulations"]), reward,
+        table.add_row(name, str(d["tasks"]), str(d["simulations"]), str(d["not_scored"]), reward,
                       *[f"{d['pass_hat_k'][k]:.3f}" if k in d["pass_hat_k"] else "-" for k in ks],
                       f"{d['wall_time_s']:.0f}s", d.get("status", ""))
     console.print(table)
@@ -1530,6 +1979,25 @@ def manifest(argv: Sequence[str], plan: Plan, started: str, visible: tuple[str, 
         "started_at": started, "finished_at": now_iso(),
     }
     return json.dumps(doc, indent=2) + "\n"
+
+
+def how_to_finish(runs: dict[str, DomainRun], argv: Sequence[str], secrets: tuple[str, ...]) -> str | None:
+    """The last lines when simulations are missing: how many, why, and the command that finishes them
+    (the same one: a rerun keeps what is scored and runs only the rest)."""
+    missing = {name: failure_counts(run) for name, run in runs.items() if run.done < run.total}
+    if not missing:
+        return None
+    parts = []
+    for name, f in missing.items():
+        why = {"the user simulator failed": f["user_simulator_error"],
+               "the machinery failed (retried until --retry-timeout)": f["infrastructure_undone"],
+               "not started": f["not_started"]}
+        parts.append(f"{name}: {runs[name].total - runs[name].done} "
+                     f"({', '.join(f'{n} {k}' for k, n in why.items() if n)})")
+    command = redact(shlex.join([sys.executable, str(Path(__file__).resolve()), *argv]), secrets)
+    return (f"run_local.py: simulations not scored, none of them counted in the scores: {'; '.join(parts)}. "
+            f"Why each one: <domain>.not_scored.json.\nTo finish them, run the same command again (scored "
+            f"simulations are kept):\n  {command}")
 
 
 def write_report(ev: Evaluation, plan: Plan, argv: Sequence[str], started: str, wall_s: float,
@@ -1661,11 +2129,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if run.done:
                     say(f"{run.domain}: resuming, {run.done}/{run.total} simulations already done")
                 run.save()
+                if run.side_path.exists():  # an --overwrite starts this record afresh too
+                    run.save_not_scored()
             batches = schedule(runs, trial_seeds(plan.eval.seed, plan.eval.num_trials), tasks,
                                plan.eval.parallel_domains)
             with ProgressView(console, ev, fleet if plan.servers else None) as view:
                 evaluate(ev, batches, fleet if plan.servers else None, view, args.restart_dead_servers)
-            code = 1 if any(run.error for run in runs.values()) else 0
+            code = 1 if any(run.error or run.done < run.total for run in runs.values()) else 0
     except ServerFailed as exc:
         print(f"run_local.py: {exc}", file=sys.stderr)
         code = 1
@@ -1675,10 +2145,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     # 5. write the results and print the scores (also after a failure: what finished is kept)
     summary = write_report(ev, plan, argv, started, time.monotonic() - began, visible, secrets)
     print_summary(console, summary)
+    console.print(f"results in {plan.eval.output_dir}/ (summary.json, summary.md, manifest.json)", markup=False)
     for run in runs.values():
         if run.error:
-            print(f"run_local.py: {run.domain} failed: {run.error}", file=sys.stderr)
-    console.print(f"results in {plan.eval.output_dir}/ (summary.json, summary.md, manifest.json)", markup=False)
+            print(f"run_local.py: {run.domain} stopped: {run.error}", file=sys.stderr)
+    unfinished = how_to_finish(runs, argv, secrets)
+    if unfinished:
+        print(unfinished, file=sys.stderr)
     return code
 
 

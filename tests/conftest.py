@@ -18,6 +18,13 @@ STANDIN = ROOT / "tests" / "standin"
 TINY_MODEL = ROOT / "models" / "smollm2-135m"
 
 
+def cpu_plan(*argv: str):
+    """A plan built the pure way (no GPU, no process), for tests that need one without running it."""
+    import run_local as rl
+    args = rl.build_parser().parse_args(["--agent-model", "/ckpt", *argv])
+    return rl.build_plan(args, (), iter(range(1900, 2000)), {}, "/cache")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import LAUNCHER, ROOT, STANDIN, free_port, run_launcher
+from conftest import LAUNCHER, ROOT, STANDIN, cpu_plan, free_port, run_launcher
 
 sys.path.insert(0, str(STANDIN))
 from known_rewards import expected_reward  # noqa: E402
@@ -386,7 +386,7 @@ def test_every_server_gone_fails_the_domain_with_exit_1(tmp_path: Path):
                          "--start-port", "auto", "--max-concurrency", "2")
     result = run_launcher(args, env=standin_env(crash_after="3"))
     assert result.returncode == 1
-    assert "mock failed: no live server" in result.stderr
+    assert "mock stopped: no live server left" in result.stderr
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["domains"]["mock"]["status"] == "failed"
     done = load_results(tmp_path / "out" / "mock.json").simulations
@@ -407,7 +407,7 @@ def test_terminal_view_shows_servers_and_domain_bars(tmp_path: Path):
     run.started_at = time.monotonic()
     pool = rl.Router(["http://127.0.0.1:1900/v1", "http://127.0.0.1:1901/v1"])
     pool.acquire()
-    ev = rl.Evaluation(tau2=None, plan=None, agent_pool=pool, user_pool=None, runs={"mock": run}, say=print)
+    ev = rl.Evaluation(tau2=None, plan=cpu_plan(), agent_pool=pool, user_pool=None, runs={"mock": run}, say=print)
     console = Console(record=True, force_terminal=True, width=120)
     console.print(rl.ProgressView(console, ev, fleet=None).render())
     text = console.export_text()

@@ -6,6 +6,7 @@ import random
 import pytest
 
 import run_local as rl
+from conftest import cpu_plan
 
 
 def synthetic_results(domain: str, trials: int, seed: int):
@@ -47,7 +48,7 @@ def test_overall_keeps_domains_apart(tmp_path):
     retail, airline = synthetic_results("retail", 2, 5), synthetic_results("airline", 2, 6)
     runs = {d: rl.DomainRun(d, tmp_path / f"{d}.json", r, len(r.simulations), ()) for d, r in
             (("retail", retail), ("airline", airline))}
-    ev = rl.Evaluation(tau2=None, plan=None, agent_pool=rl.Router(["u"]), user_pool=None, runs=runs, say=print)
+    ev = rl.Evaluation(tau2=None, plan=cpu_plan(), agent_pool=rl.Router(["u"]), user_pool=None, runs=runs, say=print)
     summary = rl.summarize(ev, wall_s=1.0)
     both = [*retail.simulations, *airline.simulations]
     assert summary["overall"]["simulations"] == len(both)

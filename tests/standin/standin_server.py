@@ -45,6 +45,23 @@ Environment variables (faults apply only to ports in STANDIN_FAULT_PORTS, if set
   STANDIN_MALFORMED_TOOL_JSON=a,b   agent's first turn is a tool call with invalid JSON args
   STANDIN_TASK_SETS=mock,retail     restrict/reorder the task sets searched (default:
                                     mock,retail,airline,telecom)
+
+Faults of the machinery, per chat request (also only on STANDIN_FAULT_PORTS, if set), for
+fault-injection tests; what a fault does never changes the scripted replies:
+  STANDIN_FAULT_ROLE=user|agent     only requests of this role get the faults below (default: all)
+  STANDIN_FAULT_WINDOW=A:B:KIND,..  from A to B seconds after the first chat request, every
+                                    request gets KIND: 429 (with Retry-After), 500, reset (the
+                                    connection is closed without an answer) or hang (no answer
+                                    for STANDIN_HANG_S seconds, default 3600, then closed)
+  STANDIN_429_RATE=p                refuse this share of requests with 429 (seeded random)
+  STANDIN_RATE_LIMIT=N              at most N requests in any 1 s; more are refused with 429
+  STANDIN_RETRY_AFTER=s             Retry-After of every 429 (default 1)
+  STANDIN_FAULT_SEED=n              seed of STANDIN_429_RATE (default 0)
+Failures of the model (never limited to STANDIN_FAULT_PORTS: they are the model's doing):
+  STANDIN_CONTEXT_OVERFLOW=a,b      the agent's turns of these tasks are vLLM's HTTP 400
+                                    "maximum context length" error
+  STANDIN_USER_OVERFLOW=a,b         the same for the user simulator's turns
+/stats counts what was refused: refused_429, errors_500, resets, hangs.
 """
 
 from __future__ import annotations
@@ -54,6 +71,7 @@ import hashlib
 import json
 import math
 import os
+import random
 import re
 import signal
 import subprocess
@@ -285,6 +303,46 @@ class State:
         k = int(_env("STANDIN_MAX_CONCURRENT", "0") or 0)
         self.sem = threading.BoundedSemaphore(k) if k > 0 else None
         self.started = time.time()
+        self.faults = RequestFaults() if faults_on else None
+        self.refused = {"refused_429": 0, "errors_500": 0, "resets": 0, "hangs": 0}
+
+
+class RequestFaults:
+    """Which chat requests the machinery fails, and how (see the module docstring)."""
+
+    def __init__(self):
+        self.role = _env("STANDIN_FAULT_ROLE")
+        self.windows = []
+        for spec in filter(None, (x.strip() for x in _env("STANDIN_FAULT_WINDOW").split(","))):
+            start, end, kind = spec.split(":")
+            self.windows.append((float(start), float(end), kind))
+        self.rate_429 = float(_env("STANDIN_429_RATE", "0") or 0)
+        self.rate_limit = int(_env("STANDIN_RATE_LIMIT", "0") or 0)
+        self.retry_after = _env("STANDIN_RETRY_AFTER", "1")
+        self.hang_s = float(_env("STANDIN_HANG_S", "3600") or 3600)
+        self.rng = random.Random(int(_env("STANDIN_FAULT_SEED", "0") or 0))
+        self.first = None
+        self.recent: list[float] = []
+        self.lock = threading.Lock()
+
+    def pick(self, role: str) -> str | None:
+        """The fault this request gets: '429', '500', 'reset', 'hang' or None."""
+        with self.lock:
+            now = time.monotonic()
+            self.first = self.first if self.first is not None else now
+            if self.role and role != self.role:
+                return None
+            for start, end, kind in self.windows:
+                if start <= now - self.first < end:
+                    return kind
+            if self.rate_429 and self.rng.random() < self.rate_429:
+                return "429"
+            if self.rate_limit:
+                self.recent = [t for t in self.recent if now - t < 1.0]
+                if len(self.recent) >= self.rate_limit:
+                    return "429"
+                self.recent.append(now)
+            return None
 
 
 def _tokens(text: str) -> int:
@@ -338,6 +396,7 @@ class Handler(BaseHTTPRequestHandler):
                     "max_in_flight": st.max_in_flight,
                     "port": st.port,
                     "pid": os.getpid(),
+                    **st.refused,
                 })
         else:
             self._send(404, {"detail": "Not Found"})
@@ -363,6 +422,35 @@ class Handler(BaseHTTPRequestHandler):
             return
         self._chat(req)
 
+    def _fault(self, kind: str | None) -> bool:
+        """Fail this request as the machinery would; True when it was failed."""
+        if kind is None:
+            return False
+        st = self.state
+        with st.lock:
+            st.refused[{"429": "refused_429", "500": "errors_500", "reset": "resets", "hang": "hangs"}[kind]] += 1
+        if kind == "429":
+            body = json.dumps({"object": "error", "message": "Rate limit reached; try again later",
+                               "type": "RateLimitError", "param": None, "code": 429}).encode()
+            self.send_response(429)
+            self.send_header("Retry-After", st.faults.retry_after)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        elif kind == "500":
+            self._send(500, {"object": "error", "message": "EngineCore hiccup (stand-in fault)",
+                             "type": "InternalServerError", "param": None, "code": 500})
+        elif kind == "hang":
+            time.sleep(st.faults.hang_s)
+        if kind in ("reset", "hang"):
+            import socket
+            import struct
+            # SO_LINGER 0: the close sends RST, as a crashed proxy does
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.close_connection = True
+        return True
+
     def _chat(self, req: dict) -> None:
         st = self.state
         messages = req.get("messages") or []
@@ -370,6 +458,8 @@ class Handler(BaseHTTPRequestHandler):
         first_user = next((_content_text(m) for m in messages if m.get("role") == "user"), "")
         key = hashlib.sha256((system + "\x00" + first_user).encode()).hexdigest()[:16]
         role = detect_role(system)
+        if st.faults and self._fault(st.faults.pick(role)):
+            return
         try:
             if role == "user":
                 msg, task_ref = user_turn(system, messages)
@@ -380,6 +470,13 @@ class Handler(BaseHTTPRequestHandler):
         except Exception as e:  # never 500 silently: report like vLLM would
             log(f"standin: error building reply: {e!r}")
             self._send(500, {"object": "error", "message": repr(e), "type": "InternalServerError", "param": None, "code": 500})
+            return
+        if task_ref and msg.get("content") != STOP_TOKEN and id_listed(
+                *task_ref.split("/", 1), _id_list("STANDIN_CONTEXT_OVERFLOW" if role == "agent" else "STANDIN_USER_OVERFLOW")):
+            self._send(400, {"object": "error", "type": "BadRequestError", "param": None, "code": 400, "message":
+                             "This model's maximum context length is 8192 tokens. However, you requested 9000 "
+                             "tokens (8800 in the messages, 200 in the completion). Please reduce the length of "
+                             "the messages or completion."})
             return
 
         prompt_tokens = _tokens("".join(_content_text(m) for m in messages) + json.dumps(req.get("tools") or []))
