@@ -18,6 +18,7 @@ import argparse
 import concurrent.futures as futures
 import contextlib
 import ctypes
+import html
 import json
 import math
 import os
@@ -1250,7 +1251,7 @@ def zip_longest_all(lists: list[list[Job]]) -> Iterator[list[Job]]:
 
 
 def evaluate(ev: Evaluation, batches: list[list[Job]], fleet: Fleet | None, view: ProgressView,
-             restart_dead: bool) -> None:
+             restart_dead: bool, on_progress: Callable[[], None] = lambda: None) -> None:
     """Run the batches on a pool of --max-concurrency threads while the main thread watches the
     servers and redraws progress. A domain whose servers are all gone fails; the others go on."""
     pool = futures.ThreadPoolExecutor(max_workers=ev.plan.eval.max_concurrency, thread_name_prefix="sim")
@@ -1274,6 +1275,7 @@ def evaluate(ev: Evaluation, batches: list[list[Job]], fleet: Fleet | None, view
                         run.finished_at = run.finished_at or time.monotonic()
                 watch_fleet(ev, fleet, restart_dead)
                 view.refresh()
+                on_progress()
     finally:
         ev.closed = True
         pool.shutdown(wait=False, cancel_futures=True)
@@ -1401,7 +1403,7 @@ class ProgressView:
 
 
 # ----------------------------------------------------------------------------------------------
-# Report: summary.json, summary.md, manifest.json and the table
+# Report: summary.json, summary.md, manifest.json, report.html, the table, and comparisons
 # ----------------------------------------------------------------------------------------------
 
 
@@ -1539,7 +1541,349 @@ def write_report(ev: Evaluation, plan: Plan, argv: Sequence[str], started: str, 
     atomic_write(out / "summary.json", redact(json.dumps(summary, indent=2) + "\n", secrets))
     atomic_write(out / "summary.md", redact(summary_markdown(summary), secrets))
     atomic_write(out / "manifest.json", manifest(argv, plan, started, visible, secrets))
+    write_html_report(ev, summary, "finished", secrets)
     return summary
+
+
+# -- The HTML report: one self-contained file, plots drawn by matplotlib as inline SVG -------------
+
+REPORT_CSS = """
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"Noto Sans",sans-serif;margin:24px auto;max-width:1200px;
+ padding:0 16px;color:#1d2329}
+h1{font-size:22px;margin:0 0 4px}h2{font-size:18px;margin:28px 0 8px;border-bottom:1px solid #d6dbe0;padding-bottom:4px}
+h3{font-size:15px;margin:18px 0 6px}.meta{color:#56606b;margin:0 0 12px}
+table{border-collapse:collapse;margin:6px 0 12px}th,td{border:1px solid #d6dbe0;padding:3px 8px;text-align:right}
+th{background:#f1f3f5}td:first-child,th:first-child{text-align:left}tr.overall td{font-weight:600;background:#f8f9fa}
+.grid td{width:38px;text-align:center;padding:0}.grid td a{display:block;padding:3px 0;color:#111;text-decoration:none}
+.grid td.task{width:auto;text-align:left;padding:3px 8px;font-family:ui-monospace,monospace;font-size:12px}
+.grid td.missing{background:#eceff1;color:#9aa3ab}.plot svg{max-width:100%;height:auto}
+details.sim{border:1px solid #d6dbe0;border-radius:4px;margin:4px 0;padding:2px 8px}
+details.sim[open]{background:#fcfcfd}details.sim>summary{cursor:pointer;padding:2px 0}
+.msg{border-left:4px solid #adb5bd;margin:6px 0;padding:2px 8px;background:#fff}
+.msg.assistant{border-color:#1c7ed6}.msg.user{border-color:#37b24d}.msg.tool{border-color:#f59f00}
+.msg.system{border-color:#868e96}.role{font-weight:600;font-size:12px;color:#56606b}
+pre{white-space:pre-wrap;word-break:break-word;margin:2px 0;font:12px/1.4 ui-monospace,Menlo,Consolas,monospace}
+.call{background:#f1f3f5;border-radius:3px;padding:2px 6px;margin:3px 0}.err{color:#c92a2a}
+.pill{display:inline-block;border-radius:9px;padding:0 7px;font-size:12px;color:#111}
+"""
+
+REPORT_JS = """
+function openHash(){var id=decodeURIComponent(location.hash.slice(1));var el=id&&document.getElementById(id);
+ if(el&&el.tagName==='DETAILS'){el.open=true;el.scrollIntoView();}}
+window.addEventListener('hashchange',openHash);window.addEventListener('DOMContentLoaded',openHash);
+"""
+
+SCORE_FIELDS = ("tasks", "trials", "simulations", "expected_simulations", "avg_reward", "pass_hat_k", "status")
+
+
+def esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def html_page(title: str, body: str) -> str:
+    """A page that opens from disk: styles and script inline, nothing fetched."""
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<style>{REPORT_CSS}</style><script>{REPORT_JS}</script></head>\n<body>\n{body}\n</body></html>\n")
+
+
+def svg_plot(draw: Callable[[Any], None], width: float = 7.5, height: float = 3.2) -> str:
+    """A matplotlib figure as inline SVG: text stays text, no file and no network. matplotlib's Figure is
+    used without pyplot, so no global backend state and safe from any thread."""
+    import io
+
+    from matplotlib import rc_context
+    from matplotlib.figure import Figure
+
+    with rc_context({"svg.fonttype": "none", "svg.hashsalt": "run_local", "font.size": 9}):
+        fig = Figure(figsize=(width, height))
+        draw(fig)
+        buf = io.StringIO()
+        fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
+    text = buf.getvalue()
+    return f'<div class="plot">{text[text.index("<svg"):]}</div>'
+
+
+def reward_colour(reward: float | None) -> str:
+    """Red (0) through yellow to green (1), from matplotlib's RdYlGn map; grey when not run."""
+    if reward is None:
+        return "#eceff1"
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+
+    return to_hex(colormaps["RdYlGn"](0.1 + 0.8 * min(max(reward, 0.0), 1.0)))
+
+
+def fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def summary_rows(summary: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    return [*summary.get("domains", {}).items(), ("overall", summary.get("overall", {}))]
+
+
+def score_table(summary: dict[str, Any]) -> str:
+    """Tasks, simulations, average reward and pass^k per domain and overall. Each number carries
+    data-field="<domain>:<field>", so a reader (or a test) can find it."""
+    rows = summary_rows(summary)
+    ks = sorted({k for _, d in rows for k in d.get("pass_hat_k", {})}, key=int)
+    cols = [("tasks", "tasks"), ("trials", "trials"), ("simulations", "simulations"),
+            ("expected_simulations", "expected"), ("avg_reward", "avg reward"),
+            *[(f"pass^{k}", f"pass^{k}") for k in ks], ("status", "status")]
+    head = "".join(f"<th>{esc(label)}</th>" for _, label in cols)
+    body = []
+    for name, d in rows:
+        values = {**d, **{f"pass^{k}": v for k, v in d.get("pass_hat_k", {}).items()}}
+        cells = "".join(f'<td data-field="{esc(name)}:{esc(key)}">{esc(fmt(values.get(key)))}</td>' for key, _ in cols)
+        body.append(f'<tr class="{"overall" if name == "overall" else "domain"}"><td>{esc(name)}</td>{cells}</tr>')
+    return f'<table class="scores"><tr><th>domain</th>{head}</tr>{"".join(body)}</table>'
+
+
+def count_fields(summary: dict[str, Any]) -> list[str]:
+    """Fields holding counts per category (termination reasons, failure categories, tokens, ...):
+    read generically, so a category the summary gains shows up without a change here."""
+    names: list[str] = []
+    for _, d in summary_rows(summary):
+        for key, value in d.items():
+            if (key != "pass_hat_k" and isinstance(value, dict) and key not in names
+                    and all(isinstance(v, (int, float)) for v in value.values())):
+                names.append(key)
+    return names
+
+
+def other_fields(summary: dict[str, Any]) -> list[str]:
+    """Single figures outside the score table (wall time, retried calls, costs, ...)."""
+    names: list[str] = []
+    for _, d in summary_rows(summary):
+        for key, value in d.items():
+            if key not in SCORE_FIELDS and key not in names and isinstance(value, (int, float, str)) \
+                    and not isinstance(value, bool) and key != "error":
+                names.append(key)
+    return names
+
+
+def category_tables(summary: dict[str, Any]) -> str:
+    rows = summary_rows(summary)
+    parts = []
+    for key in count_fields(summary):
+        cats = sorted({c for _, d in rows for c in d.get(key) or {}})
+        head = "".join(f"<th>{esc(name)}</th>" for name, _ in rows)
+        body = "".join(
+            f"<tr><td>{esc(c)}</td>"
+            + "".join(f'<td data-field="{esc(name)}:{esc(key)}:{esc(c)}">{esc(fmt((d.get(key) or {}).get(c, 0), 2))}</td>'
+                      for name, d in rows) + "</tr>" for c in cats)
+        parts.append(f"<h3>{esc(key.replace('_', ' '))}</h3><table><tr><th></th>{head}</tr>{body}</table>")
+    extra = other_fields(summary)
+    if extra:
+        head = "".join(f"<th>{esc(name)}</th>" for name, _ in rows)
+        body = "".join(f"<tr><td>{esc(k.replace('_', ' '))}</td>"
+                       + "".join(f'<td data-field="{esc(name)}:{esc(k)}">{esc(fmt(d.get(k), 2))}</td>' for name, d in rows)
+                       + "</tr>" for k in extra)
+        parts.append(f"<h3>other figures</h3><table><tr><th></th>{head}</tr>{body}</table>")
+    errors = [(name, d["error"]) for name, d in rows if d.get("error")]
+    parts += [f'<p class="err">{esc(name)} failed: {esc(err)}</p>' for name, err in errors]
+    return "".join(parts)
+
+
+def pass_k_plot(summary: dict[str, Any]) -> str:
+    """Average reward per domain (bars) and pass^k against k (lines)."""
+    rows = [(n, d) for n, d in summary_rows(summary) if d.get("avg_reward") is not None]
+    if not rows:
+        return "<p>No simulation has finished yet.</p>"
+
+    def draw(fig: Any) -> None:
+        left, right = fig.subplots(1, 2)
+        left.bar([n for n, _ in rows], [d["avg_reward"] for _, d in rows], color="#4c8bd6")
+        left.set_ylim(0, 1.05)
+        left.set_title("average reward")
+        for name, d in rows:
+            ks = sorted(d.get("pass_hat_k", {}), key=int)
+            right.plot([int(k) for k in ks], [d["pass_hat_k"][k] for k in ks], marker="o", label=name)
+        right.set_ylim(0, 1.05)
+        right.set_xlabel("k")
+        right.set_title("pass^k")
+        right.xaxis.get_major_locator().set_params(integer=True)
+        right.legend(fontsize=8)
+        fig.tight_layout()
+    return svg_plot(draw)
+
+
+def category_plot(summary: dict[str, Any], key: str) -> str:
+    """One count field (termination reasons, failure categories) as stacked bars per domain."""
+    rows = [(n, d.get(key) or {}) for n, d in summary.get("domains", {}).items()]
+    cats = sorted({c for _, counts in rows for c in counts})
+    if not cats:
+        return ""
+
+    def draw(fig: Any) -> None:
+        ax = fig.subplots()
+        base = [0.0] * len(rows)
+        for cat in cats:
+            values = [counts.get(cat, 0) for _, counts in rows]
+            ax.barh([n for n, _ in rows], values, left=base, label=cat)
+            base = [b + v for b, v in zip(base, values)]
+        ax.set_xlabel("simulations")
+        ax.set_title(key.replace("_", " "))
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    return svg_plot(draw, height=0.6 + 0.45 * len(rows))
+
+
+def sim_anchor(domain: str, index: int) -> str:
+    return f"sim-{domain}-{index}"
+
+
+def task_grid(domain: str, results: dict[str, Any], trials: int) -> str:
+    """Tasks x trials, each cell coloured by its reward and linked to the conversation."""
+    sims = results.get("simulations", [])
+    where = {(s["task_id"], s.get("trial", 0)): i for i, s in enumerate(sims)}
+    task_ids = [t["id"] for t in results.get("tasks", [])] or sorted({s["task_id"] for s in sims})
+    head = "".join(f"<th>{t}</th>" for t in range(trials))
+    rows = []
+    for task_id in task_ids:
+        cells = []
+        for trial in range(trials):
+            i = where.get((task_id, trial))
+            if i is None:
+                cells.append('<td class="missing">-</td>')
+                continue
+            sim = sims[i]
+            reward = (sim.get("reward_info") or {}).get("reward")
+            tip = f"task {task_id}, trial {trial}: reward {fmt(reward, 3)}, {sim.get('termination_reason')}"
+            cells.append(f'<td style="background:{reward_colour(reward if reward is not None else 0.0)}" '
+                         f'title="{esc(tip)}"><a href="#{sim_anchor(domain, i)}">{esc(fmt(reward, 2))}</a></td>')
+        rows.append(f'<tr><td class="task">{esc(task_id)}</td>{"".join(cells)}</tr>')
+    return (f'<table class="grid" data-domain="{esc(domain)}"><tr><th>task \\ trial</th>{head}</tr>'
+            f'{"".join(rows)}</table>')
+
+
+def pretty(value: Any) -> str:
+    """Tool arguments and results: indented JSON when they are JSON, as they are otherwise."""
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            value = json.loads(value)
+        if isinstance(value, str):
+            return value
+    return json.dumps(value, indent=2, ensure_ascii=False)
+
+
+def message_html(msg: dict[str, Any]) -> str:
+    role = str(msg.get("role", "?"))
+    label = {"assistant": "agent", "user": "user", "tool": "tool result", "system": "system"}.get(role, role)
+    extra = []
+    if msg.get("requestor") and role == "tool":
+        extra.append(f"for the {msg['requestor']}")
+    if msg.get("turn_idx") is not None:
+        extra.append(f"turn {msg['turn_idx']}")
+    parts = [f'<div class="role">{esc(label)}{" · " if extra else ""}{esc(", ".join(extra))}</div>']
+    if msg.get("content"):
+        parts.append(f'<pre class="{"err" if msg.get("error") else ""}">{esc(pretty(msg["content"]) if role == "tool" else msg["content"])}</pre>')
+    for call in msg.get("tool_calls") or []:
+        parts.append(f'<div class="call">calls <b>{esc(call.get("name"))}</b>'
+                     f'<pre>{esc(pretty(call.get("arguments", {})))}</pre></div>')
+    return f'<div class="msg {esc(role)}">{"".join(parts)}</div>'
+
+
+def simulation_html(domain: str, index: int, sim: dict[str, Any]) -> str:
+    """One conversation, closed until clicked: messages, tool calls and results, the reward breakdown."""
+    info = sim.get("reward_info") or {}
+    reward = info.get("reward")
+    head = (f'task <b>{esc(sim.get("task_id"))}</b>, trial {esc(sim.get("trial", 0))}: '
+            f'<span class="pill" style="background:{reward_colour(reward)}">reward {esc(fmt(reward, 3))}</span> '
+            f'{esc(sim.get("termination_reason"))}, {esc(fmt(sim.get("duration"), 1))} s, '
+            f'{len(sim.get("messages") or [])} messages')
+    body = "".join(message_html(m) for m in sim.get("messages") or []) or "<p>No messages were recorded.</p>"
+    return (f'<details class="sim" id="{sim_anchor(domain, index)}"><summary>{head}</summary>'
+            f"<h3>reward breakdown</h3>{reward_breakdown(info)}<h3>conversation</h3>{body}</details>")
+
+
+def check_rows(title: str, checks: list[dict[str, Any]], what: Callable[[dict[str, Any]], Any], met: str) -> str:
+    rows = "".join(f"<tr><td><pre>{esc(what(c))}</pre></td><td>{'yes' if c.get(met) else 'no'}</td></tr>"
+                   for c in checks)
+    return f"<table><tr><th>{esc(title)}</th><th>met</th></tr>{rows}</table>"
+
+
+def reward_breakdown(info: dict[str, Any]) -> str:
+    """τ²-bench's reward info as a reader wants it: the reward, its parts, and each check met or not."""
+    parts = [f"<p>reward <b>{esc(fmt(info.get('reward'), 3))}</b>"
+             + "".join(f" · {esc(k)} {esc(fmt(v, 2))}" for k, v in (info.get("reward_breakdown") or {}).items())
+             + (f" · database matches: {'yes' if info['db_check'].get('db_match') else 'no'}"
+                if info.get("db_check") else "") + "</p>"]
+    call = lambda a: f"{a.get('name')}({json.dumps(a.get('arguments', {}), ensure_ascii=False)})"  # noqa: E731
+    tables = (("gold action", "action_checks", lambda c: call(c.get("action") or {}), "action_match"),
+              ("information to communicate", "communicate_checks", lambda c: c.get("info"), "met"),
+              ("environment assertion", "env_assertions", lambda c: pretty(c.get("env_assertion")), "met"),
+              ("assertion on the conversation", "nl_assertions",
+               lambda c: f"{c.get('nl_assertion')}\n{c.get('justification') or ''}".strip(), "met"))
+    parts += [check_rows(title, info[key], what, met) for title, key, what, met in tables if info.get(key)]
+    shown = {"reward", "reward_breakdown", "db_check", *(key for _, key, _, _ in tables)}
+    rest = {k: v for k, v in info.items() if k not in shown and v not in (None, [], {})}
+    if rest:
+        parts.append(f"<pre>{esc(json.dumps(rest, indent=2, ensure_ascii=False))}</pre>")
+    return "".join(parts)
+
+
+def report_html(summary: dict[str, Any], results: dict[str, dict[str, Any]], meta: dict[str, str]) -> str:
+    """report.html: scores, pass^k, failure categories, the tasks x trials grid, every conversation.
+    results are the domains' τ²-bench results as JSON objects (already redacted)."""
+    sections = ["<h1>τ²-bench report</h1>",
+                '<p class="meta">' + " · ".join(f"{esc(k)}: {esc(v)}" for k, v in meta.items()) + "</p>",
+                "<h2>Scores</h2>", score_table(summary), pass_k_plot(summary), "<h2>Failure categories</h2>",
+                *[category_plot(summary, key) for key in count_fields(summary) if key != "agent_tokens"],
+                category_tables(summary), "<h2>Tasks × trials</h2>",
+                "<p>Each cell is one simulation, coloured by its reward; click it for the conversation.</p>"]
+    for domain, res in results.items():
+        trials = (summary.get("domains", {}).get(domain, {}).get("trials")
+                  or (res.get("info") or {}).get("num_trials") or 1)
+        sections += [f"<h3>{esc(domain)}</h3>", task_grid(domain, res, int(trials))]
+    sections.append("<h2>Conversations</h2>")
+    for domain, res in results.items():
+        sims = res.get("simulations", [])
+        sections.append(f"<h3>{esc(domain)} ({len(sims)} simulations)</h3>")
+        sections += [simulation_html(domain, i, s) for i, s in enumerate(sims)]
+    return html_page(f"τ²-bench report: {meta.get('agent', '')}", "\n".join(sections))
+
+
+def run_results(runs: dict[str, DomainRun], secrets: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """The domains' results as JSON objects, secrets redacted in the text before anything reads it."""
+    return {name: json.loads(redact(run.results.model_dump_json(), secrets)) for name, run in runs.items()}
+
+
+def report_meta(plan: Plan, state: str) -> dict[str, str]:
+    return {"agent": plan.agent_name, "user simulator": plan.user_llm, "state": state,
+            "written": now_iso()}
+
+
+def write_html_report(ev: Evaluation, summary: dict[str, Any], state: str, secrets: tuple[str, ...]) -> None:
+    page = report_html(summary, run_results(ev.runs, secrets), report_meta(ev.plan, state))
+    atomic_write(ev.plan.eval.output_dir / "report.html", redact(page, secrets))
+
+
+class LiveReport:
+    """report.html rewritten as simulations finish, so it can be opened mid-run: only when a simulation
+    finished since the last write, at most every `interval` seconds, and never more often than ten
+    times the time one write takes (a big run's page is megabytes)."""
+
+    def __init__(self, ev: Evaluation, secrets: tuple[str, ...], interval: float = 5.0):
+        self.ev, self.secrets, self.interval = ev, secrets, interval
+        self.began = time.monotonic()
+        self.last_at = 0.0
+        self.last_cost = 0.0
+        self.last_done = -1
+
+    def maybe_write(self) -> None:
+        done = sum(run.done for run in self.ev.runs.values())
+        now = time.monotonic()
+        if done == self.last_done or now - self.last_at < max(self.interval, 10 * self.last_cost):
+            return
+        total = sum(run.total for run in self.ev.runs.values())
+        write_html_report(self.ev, summarize(self.ev, now - self.began), f"running, {done}/{total} simulations",
+                          self.secrets)
+        self.last_at, self.last_done = time.monotonic(), done
+        self.last_cost = self.last_at - now
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1664,7 +2008,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             batches = schedule(runs, trial_seeds(plan.eval.seed, plan.eval.num_trials), tasks,
                                plan.eval.parallel_domains)
             with ProgressView(console, ev, fleet if plan.servers else None) as view:
-                evaluate(ev, batches, fleet if plan.servers else None, view, args.restart_dead_servers)
+                evaluate(ev, batches, fleet if plan.servers else None, view, args.restart_dead_servers,
+                         LiveReport(ev, secrets).maybe_write)
             code = 1 if any(run.error for run in runs.values()) else 0
     except ServerFailed as exc:
         print(f"run_local.py: {exc}", file=sys.stderr)
@@ -1678,7 +2023,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for run in runs.values():
         if run.error:
             print(f"run_local.py: {run.domain} failed: {run.error}", file=sys.stderr)
-    console.print(f"results in {plan.eval.output_dir}/ (summary.json, summary.md, manifest.json)", markup=False)
+    console.print(f"results in {plan.eval.output_dir}/ (report.html, summary.json, summary.md, manifest.json)", markup=False)
     return code
 
 
