@@ -2089,7 +2089,8 @@ def compare_html(table: dict[str, Any]) -> str:
         head = "".join(f"<th>{esc(s)}</th>" for s in table["scopes"])
         body = "".join(
             f"<tr><td>{esc(name)}</td>" + "".join(
-                f'<td data-field="{esc(name)}:{esc(s)}:{esc(metric)}">{esc(ci_text(ests[f"{s}:{metric}"], signed))}'
+                f'<td data-field="{esc(name)}:{esc(s)}:{esc(metric)}{":diff" if signed else ""}">'
+                f'{esc(ci_text(ests[f"{s}:{metric}"], signed))}'
                 + (f' (n={ests[f"{s}:{metric}"]["tasks"]})' if signed else "") + "</td>" for s in table["scopes"])
             + "</tr>" for name, ests in rows)
         return f"<h2>{esc(title)}</h2><table><tr><th>folder</th>{head}</tr>{body}</table>"
