@@ -18,6 +18,7 @@ import argparse
 import concurrent.futures as futures
 import contextlib
 import ctypes
+import functools
 import html
 import json
 import math
@@ -1622,12 +1623,16 @@ def svg_plot(draw: Callable[[Any], None], width: float = 7.5, height: float = 3.
 
 def reward_colour(reward: float | None) -> str:
     """Red (0) through yellow to green (1), from matplotlib's RdYlGn map; grey when not run."""
-    if reward is None:
-        return "#eceff1"
+    return "#eceff1" if reward is None else _colour_of(round(min(max(reward, 0.0), 1.0), 2))
+
+
+@functools.lru_cache(maxsize=128)
+def _colour_of(reward: float) -> str:
+    """Cached: a colour-map lookup costs milliseconds, and a big report has thousands of cells."""
     from matplotlib import colormaps
     from matplotlib.colors import to_hex
 
-    return to_hex(colormaps["RdYlGn"](0.1 + 0.8 * min(max(reward, 0.0), 1.0)))
+    return to_hex(colormaps["RdYlGn"](0.1 + 0.8 * reward))
 
 
 def fmt(value: Any, digits: int = 4) -> str:
@@ -1776,9 +1781,12 @@ def task_grid(domain: str, results: dict[str, Any], trials: int) -> str:
             f'{"".join(rows)}</table>')
 
 
-def pretty(value: Any) -> str:
-    """Tool arguments and results: indented JSON when they are JSON, as they are otherwise."""
+def pretty(value: Any, limit: int = 4000) -> str:
+    """Tool arguments and results: indented JSON when they are JSON, as they are otherwise. Long texts stay
+    as they are: indenting runs json's pure-Python encoder, the bulk of a big report's build time."""
     if isinstance(value, str):
+        if len(value) > limit:
+            return value
         with contextlib.suppress(ValueError):
             value = json.loads(value)
         if isinstance(value, str):
