@@ -6,8 +6,9 @@ What a run does (main() at the bottom reads the same way):
   2. Start the vLLM servers, pinned to GPUs, and wait until each one serves the model.
   3. Write the endpoint file (model_config_local.json) atomically.
   4. Run τ²-bench's simulations, each conversation held by the least busy live server.
-  5. Write <domain>.json (τ²-bench's results format), summary.json, summary.md and manifest.json,
-     and print the scores.
+  5. Write <domain>.json (τ²-bench's results format), report.html, summary.json, summary.md and
+     manifest.json, and print the scores.
+--compare reads earlier output folders instead; --watch runs all of this for each new checkpoint.
   6. Stop every process it started: on success, on error, on Ctrl-C and on SIGTERM.
 
 Run the same command again and it resumes: finished simulations are kept, only missing ones run.
