@@ -6,8 +6,9 @@ What a run does (main() at the bottom reads the same way):
   2. Start the vLLM servers, pinned to GPUs, and wait until each one serves the model.
   3. Write the endpoint file (model_config_local.json) atomically.
   4. Run τ²-bench's simulations, each conversation held by the least busy live server.
-  5. Write <domain>.json (τ²-bench's results format), summary.json, summary.md and manifest.json,
-     and print the scores.
+  5. Write <domain>.json (τ²-bench's results format), report.html, summary.json, summary.md and
+     manifest.json, and print the scores.
+--compare reads earlier output folders instead; --watch runs all of this for each new checkpoint.
   6. Stop every process it started: on success, on error, on Ctrl-C and on SIGTERM.
 
 Run the same command again and it resumes: finished simulations are kept, only missing ones run.
@@ -19,6 +20,8 @@ import concurrent.futures as futures
 import contextlib
 import ctypes
 import email.utils
+import functools
+import html
 import itertools
 import json
 import math
@@ -185,6 +188,22 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: --max-concurrency)")
     f.add_argument("--user-max-rpm", type=float,
                    help="user-simulator calls started per minute, at most (default: no cap)")
+    r = p.add_argument_group("comparing checkpoints (no server, no evaluation)")
+    r.add_argument("--compare", nargs="+", metavar="DIR",
+                   help="compare earlier output folders (the first is the baseline): reward and pass^k with 95%% "
+                        "intervals, paired differences, flipped tasks; writes compare.md and compare.html "
+                        "to --output-dir")
+    r.add_argument("--force", action="store_true",
+                   help="with --compare: compare folders whose settings differ (user model, sampling, ...)")
+    w = p.add_argument_group("watching a training run")
+    w.add_argument("--watch", metavar="DIR",
+                   help="evaluate every checkpoint folder under DIR (a folder with config.json) in order of "
+                        "creation, each into <output-dir>/<checkpoint>/, and keep watching for new ones until Ctrl-C")
+    w.add_argument("--watch-once", action="store_true",
+                   help="with --watch: stop when no checkpoint is left to evaluate")
+    w.add_argument("--watch-interval", type=float, default=60,
+                   help="with --watch: seconds between looks; a checkpoint whose files changed within this time "
+                        "is still being written (default: 60)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan (placement, ports, exact commands) and start nothing")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -1034,11 +1053,12 @@ class ModelFailure(Exception):
 
 class MachineryFailure(Exception):
     """A call failed for the machinery's sake and could not be got past: the simulation is left undone.
-    hopeless: the endpoint answered nothing but errors for the whole retry window, so its domain stops."""
+    stop_domain: why the domain must stop too (the endpoint refuses every request, or answered nothing but
+    errors for the whole retry window), or None when only this simulation's budget is spent."""
 
-    def __init__(self, side: str, endpoint: str, detail: str, hopeless: bool):
+    def __init__(self, side: str, endpoint: str, detail: str, stop_domain: str | None):
         super().__init__(f"{side} endpoint {endpoint}: {detail}")
-        self.side, self.endpoint, self.detail, self.hopeless = side, endpoint, detail, hopeless
+        self.stop_domain = stop_domain
 
 
 class NoLiveServer(Exception):
@@ -1254,10 +1274,14 @@ class CallGuard:
             self.pacer.rate_limited(verdict.retry_after)
         wait = backoff_s(retry, verdict.retry_after, self.rng)
         spent = self.budget[0] + time.monotonic() - failing_since
-        hopeless = verdict.kind == "configuration" or self.health.hopeless(endpoint, self.budget[1])
-        if hopeless or spent + wait > self.budget[1] or self.stopping.is_set():
+        stop = (f"{self.side} endpoint {endpoint} refuses the request (HTTP {getattr(exc, 'status_code', '?')}: "
+                f"a key, a model name or a flag; not retried): {verdict.detail}" if verdict.kind == "configuration"
+                else f"{self.side} endpoint {endpoint} answered nothing but errors for {self.budget[1]:.0f}s "
+                     f"(--retry-timeout); last error: {verdict.detail}" if self.health.hopeless(endpoint, self.budget[1])
+                else None)
+        if stop or spent + wait > self.budget[1] or self.stopping.is_set():
             self.budget[0] = spent
-            raise MachineryFailure(self.side, endpoint, verdict.detail, hopeless) from exc
+            raise MachineryFailure(self.side, endpoint, verdict.detail, stop) from exc
         self.stats["retried_calls"] += 1
         if self.lease:
             self.lease.move(server_gone=self.lease.server_gone())
@@ -1597,10 +1621,7 @@ class Evaluation:
                 return Outcome(job, failed_simulation(job, exc.verdict.kind, exc.verdict.detail), stats)
             return Outcome(job, self.not_scored(job, "user_simulator_error", exc.verdict.detail), stats)
         except MachineryFailure as exc:
-            stop = (f"{exc.side} endpoint {exc.endpoint} answered nothing but errors for "
-                    f"{self.plan.eval.faults.retry_timeout:.0f}s (--retry-timeout); last error: {exc.detail}"
-                    if exc.hopeless else None)
-            return Outcome(job, self.not_scored(job, "infrastructure", str(exc)), stats, stop)
+            return Outcome(job, self.not_scored(job, "infrastructure", str(exc)), stats, exc.stop_domain)
         except NoLiveServer:
             raise
         except Exception as exc:  # τ²-bench failed outside any model call: it scores that as the agent's
@@ -1631,10 +1652,11 @@ def zip_longest_all(lists: list[list[Job]]) -> Iterator[list[Job]]:
 
 
 def evaluate(ev: Evaluation, batches: list[list[Job]], fleet: Fleet | None, view: ProgressView,
-             restart_dead: bool) -> None:
+             restart_dead: bool, on_progress: Callable[[], None] = lambda: None) -> None:
     """Run the batches on a pool of --max-concurrency threads while the main thread records outcomes,
-    watches the servers and redraws progress. A domain whose servers are all gone, or whose endpoint is
-    hopeless, stops (its simulations not yet started are left undone); the others go on."""
+    watches the servers and redraws progress (and the report, through on_progress). A domain whose
+    servers are all gone, or whose endpoint is hopeless, stops (its simulations not yet started are left
+    undone); the others go on."""
     pool = futures.ThreadPoolExecutor(max_workers=ev.plan.eval.max_concurrency, thread_name_prefix="sim")
     try:
         for batch in batches:
@@ -1664,6 +1686,7 @@ def evaluate(ev: Evaluation, batches: list[list[Job]], fleet: Fleet | None, view
                         run.finished_at = run.finished_at or time.monotonic()
                 watch_fleet(ev, fleet, restart_dead)
                 view.refresh()
+                on_progress()
     finally:
         ev.stopping.set()
         pool.shutdown(wait=False, cancel_futures=True)
@@ -1796,7 +1819,7 @@ class ProgressView:
 
 
 # ----------------------------------------------------------------------------------------------
-# Report: summary.json, summary.md, manifest.json and the table
+# Report: summary.json, summary.md, manifest.json, report.html, the table, and comparisons
 # ----------------------------------------------------------------------------------------------
 
 
@@ -2007,7 +2030,600 @@ def write_report(ev: Evaluation, plan: Plan, argv: Sequence[str], started: str, 
     atomic_write(out / "summary.json", redact(json.dumps(summary, indent=2) + "\n", secrets))
     atomic_write(out / "summary.md", redact(summary_markdown(summary), secrets))
     atomic_write(out / "manifest.json", manifest(argv, plan, started, visible, secrets))
+    write_html_report(ev, summary, "finished", secrets)
     return summary
+
+
+# -- The HTML report: one self-contained file, plots drawn by matplotlib as inline SVG -------------
+
+REPORT_CSS = """
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"Noto Sans",sans-serif;margin:24px auto;max-width:1200px;
+ padding:0 16px;color:#1d2329}
+h1{font-size:22px;margin:0 0 4px}h2{font-size:18px;margin:28px 0 8px;border-bottom:1px solid #d6dbe0;padding-bottom:4px}
+h3{font-size:15px;margin:18px 0 6px}.meta{color:#56606b;margin:0 0 12px}
+table{border-collapse:collapse;margin:6px 0 12px}th,td{border:1px solid #d6dbe0;padding:3px 8px;text-align:right}
+th{background:#f1f3f5}td:first-child,th:first-child{text-align:left}tr.overall td{font-weight:600;background:#f8f9fa}
+.grid td{width:38px;text-align:center;padding:0}.grid td a{display:block;padding:3px 0;color:#111;text-decoration:none}
+.grid td.task{width:auto;text-align:left;padding:3px 8px;font-family:ui-monospace,monospace;font-size:12px}
+.grid td.missing{background:#eceff1;color:#9aa3ab}.plot svg{max-width:100%;height:auto}
+details.sim{border:1px solid #d6dbe0;border-radius:4px;margin:4px 0;padding:2px 8px}
+details.sim[open]{background:#fcfcfd}details.sim>summary{cursor:pointer;padding:2px 0}
+.msg{border-left:4px solid #adb5bd;margin:6px 0;padding:2px 8px;background:#fff}
+.msg.assistant{border-color:#1c7ed6}.msg.user{border-color:#37b24d}.msg.tool{border-color:#f59f00}
+.msg.system{border-color:#868e96}.role{font-weight:600;font-size:12px;color:#56606b}
+pre{white-space:pre-wrap;word-break:break-word;margin:2px 0;font:12px/1.4 ui-monospace,Menlo,Consolas,monospace}
+.call{background:#f1f3f5;border-radius:3px;padding:2px 6px;margin:3px 0}.err{color:#c92a2a}
+.pill{display:inline-block;border-radius:9px;padding:0 7px;font-size:12px;color:#111}
+"""
+
+REPORT_JS = """
+function openHash(){var id=decodeURIComponent(location.hash.slice(1));var el=id&&document.getElementById(id);
+ if(el&&el.tagName==='DETAILS'){el.open=true;el.scrollIntoView();}}
+window.addEventListener('hashchange',openHash);window.addEventListener('DOMContentLoaded',openHash);
+"""
+
+SCORE_FIELDS = ("tasks", "trials", "simulations", "expected_simulations", "avg_reward", "pass_hat_k", "status")
+
+
+def esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def html_page(title: str, body: str) -> str:
+    """A page that opens from disk: styles and script inline, nothing fetched."""
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<style>{REPORT_CSS}</style><script>{REPORT_JS}</script></head>\n<body>\n{body}\n</body></html>\n")
+
+
+def svg_plot(draw: Callable[[Any], None], width: float = 7.5, height: float = 3.2) -> str:
+    """A matplotlib figure as inline SVG: text stays text, no file and no network. matplotlib's Figure is
+    used without pyplot, so no global backend state and safe from any thread."""
+    import io
+
+    from matplotlib import rc_context
+    from matplotlib.figure import Figure
+
+    with rc_context({"svg.fonttype": "none", "svg.hashsalt": "run_local", "font.size": 9}):
+        fig = Figure(figsize=(width, height))
+        draw(fig)
+        buf = io.StringIO()
+        fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
+    text = buf.getvalue()
+    return f'<div class="plot">{text[text.index("<svg"):]}</div>'
+
+
+def reward_colour(reward: float | None) -> str:
+    """Red (0) through yellow to green (1), from matplotlib's RdYlGn map; grey when not run."""
+    return "#eceff1" if reward is None else _colour_of(round(min(max(reward, 0.0), 1.0), 2))
+
+
+@functools.lru_cache(maxsize=128)
+def _colour_of(reward: float) -> str:
+    """Cached: a colour-map lookup costs milliseconds, and a big report has thousands of cells."""
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+
+    return to_hex(colormaps["RdYlGn"](0.1 + 0.8 * reward))
+
+
+def fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def summary_rows(summary: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    return [*summary.get("domains", {}).items(), ("overall", summary.get("overall", {}))]
+
+
+def score_table(summary: dict[str, Any]) -> str:
+    """Tasks, simulations, average reward and pass^k per domain and overall. Each number carries
+    data-field="<domain>:<field>", so a reader (or a test) can find it."""
+    rows = summary_rows(summary)
+    ks = sorted({k for _, d in rows for k in d.get("pass_hat_k", {})}, key=int)
+    cols = [("tasks", "tasks"), ("trials", "trials"), ("simulations", "simulations"),
+            ("expected_simulations", "expected"), ("avg_reward", "avg reward"),
+            *[(f"pass^{k}", f"pass^{k}") for k in ks], ("status", "status")]
+    head = "".join(f"<th>{esc(label)}</th>" for _, label in cols)
+    body = []
+    for name, d in rows:
+        values = {**d, **{f"pass^{k}": v for k, v in d.get("pass_hat_k", {}).items()}}
+        cells = "".join(f'<td data-field="{esc(name)}:{esc(key)}">{esc(fmt(values.get(key)))}</td>' for key, _ in cols)
+        body.append(f'<tr class="{"overall" if name == "overall" else "domain"}"><td>{esc(name)}</td>{cells}</tr>')
+    return f'<table class="scores"><tr><th>domain</th>{head}</tr>{"".join(body)}</table>'
+
+
+def count_fields(summary: dict[str, Any]) -> list[str]:
+    """Fields holding counts per category (termination reasons, failure categories, tokens, ...):
+    read generically, so a category the summary gains shows up without a change here."""
+    names: list[str] = []
+    for _, d in summary_rows(summary):
+        for key, value in d.items():
+            if (key != "pass_hat_k" and isinstance(value, dict) and key not in names
+                    and all(isinstance(v, (int, float, str)) for v in value.values())):
+                names.append(key)
+    return names
+
+
+def other_fields(summary: dict[str, Any]) -> list[str]:
+    """Single figures outside the score table (wall time, retried calls, costs, ...)."""
+    names: list[str] = []
+    for _, d in summary_rows(summary):
+        for key, value in d.items():
+            if key not in SCORE_FIELDS and key not in names and isinstance(value, (int, float, str)) \
+                    and not isinstance(value, bool) and key != "error":
+                names.append(key)
+    return names
+
+
+def category_tables(summary: dict[str, Any]) -> str:
+    rows = summary_rows(summary)
+    parts = []
+    for key in count_fields(summary):
+        cats = sorted({c for _, d in rows for c in d.get(key) or {}})
+        head = "".join(f"<th>{esc(name)}</th>" for name, _ in rows)
+        body = "".join(
+            f"<tr><td>{esc(c)}</td>"
+            + "".join(f'<td data-field="{esc(name)}:{esc(key)}:{esc(c)}">{esc(fmt((d.get(key) or {}).get(c, 0), 2))}</td>'
+                      for name, d in rows) + "</tr>" for c in cats)
+        parts.append(f"<h3>{esc(key.replace('_', ' '))}</h3><table><tr><th></th>{head}</tr>{body}</table>")
+    extra = other_fields(summary)
+    if extra:
+        head = "".join(f"<th>{esc(name)}</th>" for name, _ in rows)
+        body = "".join(f"<tr><td>{esc(k.replace('_', ' '))}</td>"
+                       + "".join(f'<td data-field="{esc(name)}:{esc(k)}">{esc(fmt(d.get(k), 2))}</td>' for name, d in rows)
+                       + "</tr>" for k in extra)
+        parts.append(f"<h3>other figures</h3><table><tr><th></th>{head}</tr>{body}</table>")
+    errors = [(name, d["error"]) for name, d in rows if d.get("error")]
+    parts += [f'<p class="err">{esc(name)} failed: {esc(err)}</p>' for name, err in errors]
+    return "".join(parts)
+
+
+def pass_k_plot(summary: dict[str, Any]) -> str:
+    """Average reward per domain (bars) and pass^k against k (lines)."""
+    rows = [(n, d) for n, d in summary_rows(summary) if d.get("avg_reward") is not None]
+    if not rows:
+        return "<p>No simulation has finished yet.</p>"
+
+    def draw(fig: Any) -> None:
+        left, right = fig.subplots(1, 2)
+        left.bar([n for n, _ in rows], [d["avg_reward"] for _, d in rows], color="#4c8bd6")
+        left.set_ylim(0, 1.05)
+        left.set_title("average reward")
+        for name, d in rows:
+            ks = sorted(d.get("pass_hat_k", {}), key=int)
+            right.plot([int(k) for k in ks], [d["pass_hat_k"][k] for k in ks], marker="o", label=name)
+        right.set_ylim(0, 1.05)
+        right.set_xlabel("k")
+        right.set_title("pass^k")
+        right.xaxis.get_major_locator().set_params(integer=True)
+        right.legend(fontsize=8)
+        fig.tight_layout()
+    return svg_plot(draw)
+
+
+def category_plot(summary: dict[str, Any], key: str) -> str:
+    """One count field (termination reasons, failure categories) as stacked bars per domain."""
+    rows = [(n, d.get(key) or {}) for n, d in summary.get("domains", {}).items()]
+    cats = sorted({c for _, counts in rows for c in counts})
+    if not cats:
+        return ""
+
+    def draw(fig: Any) -> None:
+        ax = fig.subplots()
+        base = [0.0] * len(rows)
+        for cat in cats:
+            values = [counts.get(cat, 0) for _, counts in rows]
+            ax.barh([n for n, _ in rows], values, left=base, label=cat)
+            base = [b + v for b, v in zip(base, values)]
+        ax.set_xlabel("simulations" if key == "termination_reasons" else "simulations, or calls for retries")
+        ax.set_title(key.replace("_", " "))
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    return svg_plot(draw, height=0.6 + 0.45 * len(rows))
+
+
+def sim_anchor(domain: str, index: int) -> str:
+    return f"sim-{domain}-{index}"
+
+
+def task_grid(domain: str, results: dict[str, Any], trials: int) -> str:
+    """Tasks x trials, each cell coloured by its reward and linked to the conversation."""
+    sims = results.get("simulations", [])
+    where = {(s["task_id"], s.get("trial", 0)): i for i, s in enumerate(sims)}
+    task_ids = [t["id"] for t in results.get("tasks", [])] or sorted({s["task_id"] for s in sims})
+    head = "".join(f"<th>{t}</th>" for t in range(trials))
+    rows = []
+    for task_id in task_ids:
+        cells = []
+        for trial in range(trials):
+            i = where.get((task_id, trial))
+            if i is None:
+                cells.append('<td class="missing">-</td>')
+                continue
+            sim = sims[i]
+            reward = (sim.get("reward_info") or {}).get("reward")
+            tip = f"task {task_id}, trial {trial}: reward {fmt(reward, 3)}, {sim.get('termination_reason')}"
+            cells.append(f'<td style="background:{reward_colour(reward if reward is not None else 0.0)}" '
+                         f'title="{esc(tip)}"><a href="#{sim_anchor(domain, i)}">{esc(fmt(reward, 2))}</a></td>')
+        rows.append(f'<tr><td class="task">{esc(task_id)}</td>{"".join(cells)}</tr>')
+    return (f'<table class="grid" data-domain="{esc(domain)}"><tr><th>task \\ trial</th>{head}</tr>'
+            f'{"".join(rows)}</table>')
+
+
+def pretty(value: Any, limit: int = 4000) -> str:
+    """Tool arguments and results: indented JSON when they are JSON, as they are otherwise. Long texts stay
+    as they are: indenting runs json's pure-Python encoder, the bulk of a big report's build time."""
+    if isinstance(value, str):
+        if len(value) > limit:
+            return value
+        with contextlib.suppress(ValueError):
+            value = json.loads(value)
+        if isinstance(value, str):
+            return value
+    return json.dumps(value, indent=2, ensure_ascii=False)
+
+
+def message_html(msg: dict[str, Any]) -> str:
+    role = str(msg.get("role", "?"))
+    label = {"assistant": "agent", "user": "user", "tool": "tool result", "system": "system"}.get(role, role)
+    extra = []
+    if msg.get("requestor") and role == "tool":
+        extra.append(f"for the {msg['requestor']}")
+    if msg.get("turn_idx") is not None:
+        extra.append(f"turn {msg['turn_idx']}")
+    parts = [f'<div class="role">{esc(label)}{" · " if extra else ""}{esc(", ".join(extra))}</div>']
+    if msg.get("content"):
+        parts.append(f'<pre class="{"err" if msg.get("error") else ""}">{esc(pretty(msg["content"]) if role == "tool" else msg["content"])}</pre>')
+    for call in msg.get("tool_calls") or []:
+        parts.append(f'<div class="call">calls <b>{esc(call.get("name"))}</b>'
+                     f'<pre>{esc(pretty(call.get("arguments", {})))}</pre></div>')
+    return f'<div class="msg {esc(role)}">{"".join(parts)}</div>'
+
+
+def simulation_html(domain: str, index: int, sim: dict[str, Any]) -> str:
+    """One conversation, closed until clicked: messages, tool calls and results, the reward breakdown."""
+    info = sim.get("reward_info") or {}
+    reward = info.get("reward")
+    head = (f'task <b>{esc(sim.get("task_id"))}</b>, trial {esc(sim.get("trial", 0))}: '
+            f'<span class="pill" style="background:{reward_colour(reward)}">reward {esc(fmt(reward, 3))}</span> '
+            f'{esc(sim.get("termination_reason"))}, {esc(fmt(sim.get("duration"), 1))} s, '
+            f'{len(sim.get("messages") or [])} messages')
+    body = "".join(message_html(m) for m in sim.get("messages") or []) or "<p>No messages were recorded.</p>"
+    return (f'<details class="sim" id="{sim_anchor(domain, index)}"><summary>{head}</summary>'
+            f"<h3>reward breakdown</h3>{reward_breakdown(info)}<h3>conversation</h3>{body}</details>")
+
+
+def check_rows(title: str, checks: list[dict[str, Any]], what: Callable[[dict[str, Any]], Any], met: str) -> str:
+    rows = "".join(f"<tr><td><pre>{esc(what(c))}</pre></td><td>{'yes' if c.get(met) else 'no'}</td></tr>"
+                   for c in checks)
+    return f"<table><tr><th>{esc(title)}</th><th>met</th></tr>{rows}</table>"
+
+
+def reward_breakdown(info: dict[str, Any]) -> str:
+    """τ²-bench's reward info as a reader wants it: the reward, its parts, and each check met or not."""
+    parts = [f"<p>reward <b>{esc(fmt(info.get('reward'), 3))}</b>"
+             + "".join(f" · {esc(k)} {esc(fmt(v, 2))}" for k, v in (info.get("reward_breakdown") or {}).items())
+             + (f" · database matches: {'yes' if info['db_check'].get('db_match') else 'no'}"
+                if info.get("db_check") else "") + "</p>"]
+    call = lambda a: f"{a.get('name')}({json.dumps(a.get('arguments', {}), ensure_ascii=False)})"  # noqa: E731
+    tables = (("gold action", "action_checks", lambda c: call(c.get("action") or {}), "action_match"),
+              ("information to communicate", "communicate_checks", lambda c: c.get("info"), "met"),
+              ("environment assertion", "env_assertions", lambda c: pretty(c.get("env_assertion")), "met"),
+              ("assertion on the conversation", "nl_assertions",
+               lambda c: f"{c.get('nl_assertion')}\n{c.get('justification') or ''}".strip(), "met"))
+    parts += [check_rows(title, info[key], what, met) for title, key, what, met in tables if info.get(key)]
+    shown = {"reward", "reward_breakdown", "db_check", *(key for _, key, _, _ in tables)}
+    rest = {k: v for k, v in info.items() if k not in shown and v not in (None, [], {})}
+    if rest:
+        parts.append(f"<pre>{esc(json.dumps(rest, indent=2, ensure_ascii=False))}</pre>")
+    return "".join(parts)
+
+
+def report_html(summary: dict[str, Any], results: dict[str, dict[str, Any]], meta: dict[str, str]) -> str:
+    """report.html: scores, pass^k, failure categories, the tasks x trials grid, every conversation.
+    results are the domains' τ²-bench results as JSON objects (already redacted)."""
+    sections = ["<h1>τ²-bench report</h1>",
+                '<p class="meta">' + " · ".join(f"{esc(k)}: {esc(v)}" for k, v in meta.items()) + "</p>",
+                "<h2>Scores</h2>", score_table(summary), pass_k_plot(summary), "<h2>Failure categories</h2>",
+                *[category_plot(summary, key) for key in ("termination_reasons", "failures")],
+                category_tables(summary), "<h2>Tasks × trials</h2>",
+                "<p>Each cell is one simulation, coloured by its reward; click it for the conversation.</p>"]
+    for domain, res in results.items():
+        trials = (summary.get("domains", {}).get(domain, {}).get("trials")
+                  or (res.get("info") or {}).get("num_trials") or 1)
+        sections += [f"<h3>{esc(domain)}</h3>", task_grid(domain, res, int(trials))]
+    sections.append("<h2>Conversations</h2>")
+    for domain, res in results.items():
+        sims = res.get("simulations", [])
+        sections.append(f"<h3>{esc(domain)} ({len(sims)} simulations)</h3>")
+        sections += [simulation_html(domain, i, s) for i, s in enumerate(sims)]
+    return html_page(f"τ²-bench report: {meta.get('agent', '')}", "\n".join(sections))
+
+
+def run_results(runs: dict[str, DomainRun], secrets: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """The domains' results as JSON objects, secrets redacted in the text before anything reads it."""
+    return {name: json.loads(redact(run.results.model_dump_json(), secrets)) for name, run in runs.items()}
+
+
+def report_meta(plan: Plan, state: str) -> dict[str, str]:
+    return {"agent": plan.agent_name, "user simulator": plan.user_llm, "state": state,
+            "written": now_iso()}
+
+
+def write_html_report(ev: Evaluation, summary: dict[str, Any], state: str, secrets: tuple[str, ...]) -> None:
+    page = report_html(summary, run_results(ev.runs, secrets), report_meta(ev.plan, state))
+    atomic_write(ev.plan.eval.output_dir / "report.html", redact(page, secrets))
+
+
+class LiveReport:
+    """report.html rewritten as simulations finish, so it can be opened mid-run: only when a simulation
+    finished since the last write, at most every `interval` seconds, and never more often than ten
+    times the time one write takes (a big run's page is megabytes)."""
+
+    def __init__(self, ev: Evaluation, secrets: tuple[str, ...], interval: float = 5.0):
+        self.ev, self.secrets, self.interval = ev, secrets, interval
+        self.began = time.monotonic()
+        self.last_at = 0.0
+        self.last_cost = 0.0
+        self.last_done = -1
+
+    def maybe_write(self) -> None:
+        done = sum(run.done for run in self.ev.runs.values())
+        now = time.monotonic()
+        if done == self.last_done or now - self.last_at < max(self.interval, 10 * self.last_cost):
+            return
+        total = sum(run.total for run in self.ev.runs.values())
+        write_html_report(self.ev, summarize(self.ev, now - self.began), f"running, {done}/{total} simulations",
+                          self.secrets)
+        self.last_at, self.last_done = time.monotonic(), done
+        self.last_cost = self.last_at - now
+
+
+# -- Comparing output folders (checkpoints side by side) ---------------------------------------------
+
+BOOTSTRAP_RESAMPLES = 2000
+
+
+@dataclass(frozen=True)
+class OutputFolder:
+    """An earlier run's output folder, as read from disk: its summary and its domains' results."""
+
+    path: Path
+    summary: dict[str, Any]
+    results: dict[str, dict[str, Any]]  # domain -> τ²-bench results as a JSON object
+
+    def task_rewards(self, domain: str) -> dict[str, list[float]]:
+        """Each task's rewards, one per finished simulation."""
+        rewards: dict[str, list[float]] = {}
+        for sim in self.results.get(domain, {}).get("simulations", []):
+            rewards.setdefault(sim["task_id"], []).append(float((sim.get("reward_info") or {}).get("reward") or 0.0))
+        return rewards
+
+    def settings(self, domain: str) -> dict[str, Any]:
+        """What must match between compared folders: everything τ²-bench's resume checks but the agent."""
+        res = self.results[domain]
+        fields = comparable_fields(res["info"], [t["id"] for t in res.get("tasks", [])])
+        return {k: v for k, v in fields.items() if k != "agent model"}
+
+
+def read_output_folder(path: Path) -> OutputFolder:
+    try:
+        summary = json.loads((path / "summary.json").read_text())
+        results = {d: json.loads((path / f"{d}.json").read_text()) for d in summary["domains"]}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"{path} is not a run_local.py output folder "
+                         f"(summary.json and <domain>.json): {exc}") from None
+    return OutputFolder(path, summary, results)
+
+
+def incomparable(base: OutputFolder, other: OutputFolder) -> list[str]:
+    """Why two folders' scores cannot be set side by side: other domains, user model, sampling, ..."""
+    if set(base.results) != set(other.results):
+        return [f"domains {' '.join(sorted(other.results))} vs {' '.join(sorted(base.results))}"]
+    reasons = []
+    for domain in base.results:
+        try:
+            mine, theirs = other.settings(domain), base.settings(domain)
+        except (KeyError, TypeError):
+            return [f"{domain}.json has no τ²-bench run info"]
+        for key in theirs:
+            if mine.get(key) != theirs[key]:
+                shown = "differ" if key == "tasks" else f"{mine.get(key)} vs {theirs[key]}"
+                reasons.append(f"{domain} {key} {shown}")
+    return reasons
+
+
+def task_scores(rewards: dict[str, list[float]], metric: str) -> dict[str, float]:
+    """One number per task: its average reward, or its pass^k ('pass^2')."""
+    if metric == "reward":
+        return {t: sum(rs) / len(rs) for t, rs in rewards.items() if rs}
+    k = int(metric.split("^")[1])
+    return {t: pass_hat_k(len(rs), sum(map(is_success, rs)), k) for t, rs in rewards.items() if len(rs) >= k}
+
+
+def bootstrap_ci(values: Sequence[float], resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> tuple[float, float] | None:
+    """95% percentile interval of the mean, resampling tasks with replacement (a fixed seed: the same
+    folders always give the same interval)."""
+    import numpy as np
+
+    if not values:
+        return None
+    data = np.asarray(values, dtype=float)
+    picks = np.random.default_rng(seed).integers(0, len(data), size=(resamples, len(data)))
+    lo, hi = np.percentile(data[picks].mean(axis=1), [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def estimate(values: Sequence[float]) -> dict[str, Any]:
+    ci = bootstrap_ci(values)
+    return {"mean": sum(values) / len(values) if values else None, "ci95": list(ci) if ci else None,
+            "tasks": len(values)}
+
+
+def is_solved(rewards: list[float]) -> bool:
+    """A task counts as solved when at least half of its trials succeed."""
+    return sum(map(is_success, rewards)) * 2 >= len(rewards) > 0
+
+
+def compare_folders(folders: Sequence[OutputFolder]) -> dict[str, Any]:
+    """Per domain and overall: each folder's reward and pass^k with 95% intervals, the paired difference
+    against the first folder on the tasks both ran, and the tasks that flipped."""
+    domains = list(folders[0].results)
+    rewards = [{d: f.task_rewards(d) for d in domains} for f in folders]
+    pooled = [{f"{d}/{t}": rs for d in domains for t, rs in r[d].items()} for r in rewards]
+    trials = min((len(rs) for r in pooled for rs in r.values()), default=1)
+    metrics = ["reward", *[f"pass^{k}" for k in range(1, trials + 1)]]
+    scopes = [*domains, "overall"]
+
+    def per_scope(r: dict[str, dict[str, list[float]]], p: dict[str, list[float]], scope: str) -> dict[str, list[float]]:
+        return p if scope == "overall" else r[scope]
+
+    table: dict[str, Any] = {"folders": [str(f.path) for f in folders], "metrics": metrics, "scopes": scopes,
+                             "resamples": BOOTSTRAP_RESAMPLES, "scores": [], "differences": [], "flipped": []}
+    base = [task_scores(per_scope(rewards[0], pooled[0], s), m) for s in scopes for m in metrics]
+    for i, (r, p) in enumerate(zip(rewards, pooled)):
+        scores, diffs, cell = {}, {}, 0
+        for scope in scopes:
+            for metric in metrics:
+                mine = task_scores(per_scope(r, p, scope), metric)
+                scores[f"{scope}:{metric}"] = estimate(list(mine.values()))
+                common = [t for t in mine if t in base[cell]]
+                if i:
+                    diffs[f"{scope}:{metric}"] = estimate([mine[t] - base[cell][t] for t in common])
+                cell += 1
+        table["scores"].append(scores)
+        table["differences"].append(diffs)
+        table["flipped"].append({} if not i else {
+            "now solved": sorted(t for t in p if t in pooled[0] and is_solved(p[t]) and not is_solved(pooled[0][t])),
+            "now failed": sorted(t for t in p if t in pooled[0] and not is_solved(p[t]) and is_solved(pooled[0][t]))})
+    return table
+
+
+def ci_text(est: dict[str, Any], signed: bool = False) -> str:
+    if est["mean"] is None:
+        return "-"
+    sign = "+" if signed else ""
+    lo, hi = est["ci95"]
+    return f"{est['mean']:{sign}.3f} [{lo:{sign}.3f}, {hi:{sign}.3f}]"
+
+
+def compare_markdown(table: dict[str, Any]) -> str:
+    names = table["folders"]
+    lines = ["# Checkpoints side by side", "",
+             f"Baseline: `{names[0]}`. Intervals: 95%, bootstrap over tasks ({table['resamples']} resamples). "
+             "Reward: the mean over tasks of each task's average reward. A task is solved when at least half "
+             "of its trials succeed.", ""]
+    for metric in table["metrics"]:
+        head = ["folder", *table["scopes"]]
+        lines += [f"## {metric}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for name, scores in zip(names, table["scores"]):
+            lines.append("| " + " | ".join([f"`{name}`", *[ci_text(scores[f"{s}:{metric}"]) for s in table["scopes"]]]) + " |")
+        lines.append("")
+    if len(names) > 1:
+        for metric in table["metrics"]:
+            head = ["folder", *table["scopes"]]
+            lines += [f"## {metric}: difference against `{names[0]}` (paired, tasks both ran)", "",
+                      "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+            for name, diffs in zip(names[1:], table["differences"][1:]):
+                cells = [f"{ci_text(diffs[f'{s}:{metric}'], signed=True)} (n={diffs[f'{s}:{metric}']['tasks']})"
+                         for s in table["scopes"]]
+                lines.append("| " + " | ".join([f"`{name}`", *cells]) + " |")
+            lines.append("")
+        lines += ["## Tasks that flipped", ""]
+        for name, flips in zip(names[1:], table["flipped"][1:]):
+            for kind, tasks in flips.items():
+                lines.append(f"- `{name}` {kind} ({len(tasks)}): " + (", ".join(tasks) or "none"))
+    return "\n".join(lines) + "\n"
+
+
+def compare_plot(table: dict[str, Any]) -> str:
+    """Reward per domain and overall, a bar per folder, its 95% interval as an error bar."""
+    def draw(fig: Any) -> None:
+        ax = fig.subplots()
+        scopes, width = table["scopes"], 0.8 / len(table["folders"])
+        short = [Path(name).name or name for name in table["folders"]]
+        labels = short if len(set(short)) == len(short) else table["folders"]
+        for i, (name, scores) in enumerate(zip(labels, table["scores"])):
+            ests = [scores[f"{s}:reward"] for s in scopes]
+            means = [e["mean"] or 0.0 for e in ests]
+            errs = [[m - (e["ci95"] or [m, m])[0] for m, e in zip(means, ests)],
+                    [(e["ci95"] or [m, m])[1] - m for m, e in zip(means, ests)]]
+            ax.bar([x + i * width for x in range(len(scopes))], means, width, yerr=errs, capsize=3, label=name)
+        ax.set_xticks([x + width * (len(table["folders"]) - 1) / 2 for x in range(len(scopes))], scopes)
+        ax.set_ylim(0, 1.05)
+        ax.set_ylabel("reward (95% CI)")
+        ax.legend(fontsize=8)
+    return svg_plot(draw)
+
+
+def compare_html(table: dict[str, Any]) -> str:
+    names = table["folders"]
+    parts = ["<h1>Checkpoints side by side</h1>",
+             f'<p class="meta">baseline: {esc(names[0])} · intervals: 95%, bootstrap over tasks '
+             f'({table["resamples"]} resamples) · written {esc(now_iso())}</p>', compare_plot(table)]
+
+    def grid(title: str, rows: list[tuple[str, dict[str, Any]]], metric: str, signed: bool) -> str:
+        head = "".join(f"<th>{esc(s)}</th>" for s in table["scopes"])
+        body = "".join(
+            f"<tr><td>{esc(name)}</td>" + "".join(
+                f'<td data-field="{esc(name)}:{esc(s)}:{esc(metric)}{":diff" if signed else ""}">'
+                f'{esc(ci_text(ests[f"{s}:{metric}"], signed))}'
+                + (f' (n={ests[f"{s}:{metric}"]["tasks"]})' if signed else "") + "</td>" for s in table["scopes"])
+            + "</tr>" for name, ests in rows)
+        return f"<h2>{esc(title)}</h2><table><tr><th>folder</th>{head}</tr>{body}</table>"
+
+    for metric in table["metrics"]:
+        parts.append(grid(metric, list(zip(names, table["scores"])), metric, False))
+    for metric in table["metrics"] if len(names) > 1 else []:
+        parts.append(grid(f"{metric}: difference against {names[0]} (paired, tasks both ran)",
+                          list(zip(names[1:], table["differences"][1:])), metric, True))
+    if len(names) > 1:
+        parts.append("<h2>Tasks that flipped</h2><ul>" + "".join(
+            f"<li>{esc(name)} {esc(kind)} ({len(tasks)}): {esc(', '.join(tasks) or 'none')}</li>"
+            for name, flips in zip(names[1:], table["flipped"][1:]) for kind, tasks in flips.items()) + "</ul>")
+    return html_page("Checkpoints side by side", "\n".join(parts))
+
+
+def print_comparison(console: Any, table: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    out = Table(title="reward: 95% CI by bootstrap over tasks; paired difference against the first folder")
+    for col in ("folder", "domain", "reward", "vs first", "tasks", "now solved", "now failed"):
+        out.add_column(col, justify="left" if col in ("folder", "domain") else "right", no_wrap=True)
+    for i, (name, scores, diffs) in enumerate(zip(table["folders"], table["scores"], table["differences"])):
+        for scope in table["scopes"]:
+            key = f"{scope}:reward"
+            flips = [t for kind in ("now solved", "now failed") for t in [table["flipped"][i].get(kind)]]
+            if i and scope != "overall":
+                flips = [[t for t in ts if t.startswith(f"{scope}/")] for ts in flips]
+            out.add_row(name if scope == table["scopes"][0] else "", scope, ci_text(scores[key]),
+                        ci_text(diffs[key], signed=True) if i else "", str(scores[key]["tasks"]),
+                        *[str(len(ts)) if i else "" for ts in flips], end_section=scope == "overall")
+    if not console.is_terminal:  # a log file is not 80 columns wide
+        console = Console(width=160, file=console.file, highlight=False)
+    console.print(out)
+
+
+def compare_outputs(args: argparse.Namespace, console: Any) -> int:
+    """--compare: read earlier output folders, write compare.md and compare.html, print the table."""
+    folders = [read_output_folder(Path(p)) for p in args.compare]
+    for other in folders[1:]:
+        reasons = incomparable(folders[0], other)
+        if reasons and not args.force:
+            raise UsageError(f"{other.path} is not comparable with {folders[0].path}: {'; '.join(reasons)} "
+                             "(--force compares anyway)")
+    table = compare_folders(folders)
+    out = Path(args.output_dir)
+    atomic_write(out / "compare.md", compare_markdown(table))
+    atomic_write(out / "compare.html", compare_html(table))
+    atomic_write(out / "compare.json", json.dumps(table, indent=2) + "\n")
+    print_comparison(console, table)
+    console.print(f"comparison in {out}/ (compare.md, compare.html, compare.json)", markup=False)
+    return 0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -2054,6 +2670,181 @@ def describe_plan(plan: Plan) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
+# Watching a training run: every checkpoint evaluated as it appears, a leaderboard across them
+# ----------------------------------------------------------------------------------------------
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+def find_checkpoints(root: Path) -> list[Path]:
+    """Checkpoint folders under root (a folder with config.json, not searched further), oldest first:
+    by the time of the folder's oldest file, which a trainer writes when it starts saving."""
+    found = []
+    for folder, subdirs, files in os.walk(root):
+        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+        if Path(folder) != root and "config.json" in files:
+            found.append(Path(folder))
+            subdirs[:] = []
+    return sorted(found, key=lambda c: (oldest_file_time(c), natural_key(c.name)))
+
+
+def oldest_file_time(folder: Path) -> float:
+    times = [f.stat().st_mtime for f in folder.iterdir() if f.is_file()]
+    return min(times, default=folder.stat().st_mtime)
+
+
+def natural_key(name: str) -> list[Any]:
+    """checkpoint-900 before checkpoint-1000."""
+    import re
+
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def has_complete_weights(folder: Path) -> bool:
+    """Weights are there: every shard an index names, or else at least one weights file."""
+    indexes = list(folder.glob("*.index.json"))
+    for index in indexes:
+        try:
+            shards = set(json.loads(index.read_text())["weight_map"].values())
+        except (OSError, ValueError, KeyError, AttributeError):
+            return False
+        if not all((folder / shard).is_file() for shard in shards):
+            return False
+    return bool(indexes) or any(f.name.endswith(WEIGHT_SUFFIXES) for f in folder.iterdir() if f.is_file())
+
+
+def checkpoint_state(folder: Path, quiet_s: float, now: float) -> str:
+    """'writing' (a file changed within quiet_s), 'incomplete' (quiet but weights missing) or 'ready'."""
+    try:
+        newest = max((f.stat().st_mtime for f in folder.rglob("*") if f.is_file()), default=0.0)
+        if now - newest < quiet_s:
+            return "writing"
+        return "ready" if has_complete_weights(folder) else "incomplete"
+    except OSError:  # a file vanished while we looked: the trainer is still at it
+        return "writing"
+
+
+def checkpoint_output(out: Path, root: Path, ckpt: Path) -> Path:
+    return out / ckpt.relative_to(root)
+
+
+def evaluated(folder: Path, domains: Sequence[str]) -> bool:
+    """An earlier watch finished this checkpoint: every domain asked for is complete."""
+    try:
+        done = json.loads((folder / "summary.json").read_text())["domains"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return all(done.get(d, {}).get("status") == "complete" for d in domains)
+
+
+def leaderboard_rows(out: Path, root: Path, ckpts: Sequence[Path], states: dict[Path, str]) -> list[dict[str, Any]]:
+    rows = []
+    for ckpt in ckpts:
+        folder = checkpoint_output(out, root, ckpt)
+        try:
+            summary = json.loads((folder / "summary.json").read_text())
+        except (OSError, ValueError):
+            summary = None
+        rows.append({"checkpoint": str(ckpt.relative_to(root)), "state": states.get(ckpt, ""), "summary": summary})
+    return rows
+
+
+def leaderboard_markdown(rows: list[dict[str, Any]], domains: Sequence[str]) -> str:
+    head = ["checkpoint", *domains, "overall", "simulations", "state"]
+    lines = ["# Leaderboard: average reward per checkpoint (oldest first)", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        s = row["summary"] or {"domains": {}, "overall": {}}
+        cells = [row["checkpoint"], *[fmt(s["domains"].get(d, {}).get("avg_reward")) for d in domains],
+                 fmt(s["overall"].get("avg_reward")), fmt(s["overall"].get("simulations")), row["state"]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def leaderboard_html(rows: list[dict[str, Any]], domains: Sequence[str]) -> str:
+    scopes = [*domains, "overall"]
+
+    def reward(row: dict[str, Any], scope: str) -> float | None:
+        s = row["summary"]
+        return None if s is None else (s["overall"] if scope == "overall" else s["domains"].get(scope, {})).get("avg_reward")
+
+    def draw(fig: Any) -> None:
+        ax = fig.subplots()
+        for scope in scopes:
+            points = [(i, reward(r, scope)) for i, r in enumerate(rows) if reward(r, scope) is not None]
+            ax.plot([i for i, _ in points], [v for _, v in points], marker="o", label=scope)
+        ax.set_xticks(range(len(rows)), [r["checkpoint"] for r in rows], rotation=30, ha="right")
+        ax.set_ylim(0, 1.05)
+        ax.set_ylabel("average reward")
+        ax.legend(fontsize=8)
+    head = "".join(f"<th>{esc(s)}</th>" for s in [*scopes, "simulations", "state"])
+    body = "".join(
+        f"<tr><td>{esc(r['checkpoint'])}</td>"
+        + "".join(f'<td data-field="{esc(r["checkpoint"])}:{esc(s)}">{esc(fmt(reward(r, s)))}</td>' for s in scopes)
+        + f"<td>{esc(fmt((r['summary'] or {}).get('overall', {}).get('simulations')))}</td><td>{esc(r['state'])}</td></tr>"
+        for r in rows)
+    plot = svg_plot(draw) if any(r["summary"] for r in rows) else ""
+    return html_page("Leaderboard", f'<h1>Leaderboard</h1><p class="meta">average reward per checkpoint, oldest first '
+                     f'· written {esc(now_iso())}</p>{plot}<table><tr><th>checkpoint</th>{head}</tr>{body}</table>')
+
+
+def write_leaderboard(out: Path, rows: list[dict[str, Any]], domains: Sequence[str]) -> None:
+    atomic_write(out / "leaderboard.md", leaderboard_markdown(rows, domains))
+    atomic_write(out / "leaderboard.html", leaderboard_html(rows, domains))
+
+
+def watch_checkpoints(args: argparse.Namespace, argv: Sequence[str], console: Any) -> int:
+    """--watch DIR: evaluate each settled checkpoint once, oldest first, restarting the servers for each
+    (a full run of its own, into <output-dir>/<checkpoint>/). A checkpoint already complete there is not
+    run again, so a restarted watch resumes where it stopped."""
+    root, out = Path(args.watch), Path(args.output_dir)
+    if not root.is_dir():
+        raise UsageError(f"--watch {root}: no such directory")
+    if args.skip_server_start or any(a.split("=")[0] == "--agent-model" for a in argv):
+        raise UsageError("--watch picks the checkpoints and starts their servers; drop --agent-model "
+                         "and --skip-server-start")
+    if args.watch_interval <= 0:
+        raise UsageError(f"--watch-interval must be positive, not {args.watch_interval}")
+    check_writable_dir(out, "--output-dir")
+    install_signal_handlers()
+    tried: dict[Path, int] = {}  # this watch's runs and their exit codes
+    said: dict[Path, str] = {}
+    try:
+        while True:
+            ckpts = find_checkpoints(root)
+            now = time.time()
+            states = {}
+            for ckpt in ckpts:
+                folder = checkpoint_output(out, root, ckpt)
+                states[ckpt] = ("evaluated" if evaluated(folder, args.domains) else
+                                f"failed (exit {tried[ckpt]})" if ckpt in tried else
+                                checkpoint_state(ckpt, args.watch_interval, now))
+                if states[ckpt] in ("writing", "incomplete") and said.get(ckpt) != states[ckpt]:
+                    console.print(f"{now_iso()} {ckpt}: {'still being written' if states[ckpt] == 'writing' else 'weights incomplete'}; "
+                                  "skipped until it settles", markup=False)
+                said[ckpt] = states[ckpt]
+            write_leaderboard(out, leaderboard_rows(out, root, ckpts, states), args.domains)
+            ready = [c for c in ckpts if states[c] == "ready"]
+            if ready:
+                ckpt = ready[0]
+                folder = checkpoint_output(out, root, ckpt)
+                console.print(f"{now_iso()} evaluating checkpoint {ckpt} into {folder}", markup=False)
+                sub = argparse.Namespace(**{**vars(args), "agent_model": str(ckpt), "output_dir": str(folder),
+                                            "watch": None})
+                tried[ckpt] = evaluate_checkpoint(sub, [*argv, "--agent-model", str(ckpt), "--output-dir", str(folder)], console)
+                if tried[ckpt] in (2, 130):  # bad input holds for every checkpoint; Ctrl-C stops the watch
+                    write_leaderboard(out, leaderboard_rows(out, root, ckpts, states), args.domains)
+                    return tried[ckpt]
+                continue
+            if args.watch_once and "writing" not in states.values():
+                return 1 if any(code != 0 for code in tried.values()) else 0
+            time.sleep(min(args.watch_interval, 10.0))
+    except KeyboardInterrupt:
+        print("run_local.py: watch stopped; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+# ----------------------------------------------------------------------------------------------
 # main
 # ----------------------------------------------------------------------------------------------
 
@@ -2083,10 +2874,23 @@ def install_signal_handlers() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    env = dict(os.environ)
     from rich.console import Console
 
     console = Console(highlight=False, soft_wrap=True)
+    try:
+        if args.compare:
+            return compare_outputs(args, console)
+        if args.watch:
+            return watch_checkpoints(args, argv, console)
+    except UsageError as exc:
+        print(f"run_local.py: error: {exc}", file=sys.stderr)
+        return 2
+    return evaluate_checkpoint(args, argv, console)
+
+
+def evaluate_checkpoint(args: argparse.Namespace, argv: Sequence[str], console: Any) -> int:
+    """One evaluation: check, start the servers, simulate, report, stop."""
+    env = dict(os.environ)
     stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
     started = now_iso()
 
@@ -2134,7 +2938,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             batches = schedule(runs, trial_seeds(plan.eval.seed, plan.eval.num_trials), tasks,
                                plan.eval.parallel_domains)
             with ProgressView(console, ev, fleet if plan.servers else None) as view:
-                evaluate(ev, batches, fleet if plan.servers else None, view, args.restart_dead_servers)
+                evaluate(ev, batches, fleet if plan.servers else None, view, args.restart_dead_servers,
+                         LiveReport(ev, secrets).maybe_write)
             code = 1 if any(run.error or run.done < run.total for run in runs.values()) else 0
     except ServerFailed as exc:
         print(f"run_local.py: {exc}", file=sys.stderr)
@@ -2145,7 +2950,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # 5. write the results and print the scores (also after a failure: what finished is kept)
     summary = write_report(ev, plan, argv, started, time.monotonic() - began, visible, secrets)
     print_summary(console, summary)
-    console.print(f"results in {plan.eval.output_dir}/ (summary.json, summary.md, manifest.json)", markup=False)
+    console.print(f"results in {plan.eval.output_dir}/ (report.html, summary.json, summary.md, manifest.json)",
+                  markup=False)
     for run in runs.values():
         if run.error:
             print(f"run_local.py: {run.domain} stopped: {run.error}", file=sys.stderr)

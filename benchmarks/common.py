@@ -55,9 +55,11 @@ def start_standin(log: Path, **faults: str) -> tuple[subprocess.Popen, int]:
     return proc, port
 
 
-def timed(argv: list[str], log: Path, env: dict[str, str], running: list[subprocess.Popen]) -> float:
+def timed(argv: list[str], log: Path, env: dict[str, str], running: list[subprocess.Popen],
+          ok: tuple[int, ...] = (0,)) -> float:
     """Wall seconds of the whole command, in its own process group, listed in `running` meanwhile (so a
-    Ctrl-C handler can stop it); stdin closed (τ²-bench asks y/n when a save file exists)."""
+    Ctrl-C handler can stop it); stdin closed (τ²-bench asks y/n when a save file exists). An exit code
+    outside `ok` is an error."""
     with open(log, "w") as out:
         began = time.monotonic()
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -66,7 +68,7 @@ def timed(argv: list[str], log: Path, env: dict[str, str], running: list[subproc
         code = proc.wait(timeout=1200)
         took = time.monotonic() - began
         running.remove(proc)
-    if code != 0:
+    if code not in ok:
         raise RuntimeError(f"{' '.join(argv[:3])} ... exited with {code}; see {log}")
     return took
 

@@ -62,7 +62,7 @@ def one_run(name: str, extra: list[str], tasks: int, scratch: Path, running: lis
                 "--max-concurrency", str(CONCURRENCY), "--output-dir", str(out), "--log-dir", str(scratch / f"{name}-logs"),
                 *extra]
         wall = timed(argv, scratch / f"{name}-launcher.log", {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"},
-                     running)
+                     running, ok=(0, 1))  # 1: some simulations left undone, which is reported below
         refused = stats(user_port)
         from tau2.data_model.simulation import Results
         sims = Results.load(out / f"{DOMAIN}.json").simulations
@@ -74,6 +74,7 @@ def one_run(name: str, extra: list[str], tasks: int, scratch: Path, running: lis
                 "rewards_as_known": not wrong, "wrong_rewards": wrong,
                 "scored_zero_by_a_fault": summary["termination_reasons"].get("agent_error", 0),
                 "retried_calls": summary["failures"]["retried_calls"],
+                "left_undone": summary["not_scored"],
                 "avg_reward": summary["avg_reward"], "command": argv}
     finally:
         stop_group(agent)

@@ -41,7 +41,9 @@ Environment variables (faults apply only to ports in STANDIN_FAULT_PORTS, if set
   STANDIN_SPAWN_CHILD=1             spawn ``sleep 100000`` (same process group) at startup,
                                     like vLLM's EngineCore; it is deliberately NOT cleaned
                                     up by the stand-in - the launcher must kill the group
-  STANDIN_FAIL_TASKS=a,b            tasks the agent does not solve ("id" or "domain/id")
+  STANDIN_FAIL_TASKS=a,b            tasks the agent does not solve ("id" or "domain/id"); a file
+                                    ``standin_fail_tasks`` in the --model folder sets it too, so
+                                    stand-in checkpoints of one run can score differently
   STANDIN_MALFORMED_TOOL_JSON=a,b   agent's first turn is a tool call with invalid JSON args
   STANDIN_TASK_SETS=mock,retail     restrict/reorder the task sets searched (default:
                                     mock,retail,airline,telecom)
@@ -541,6 +543,10 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     args, unknown = parse_args(argv)
+    fail_file = os.path.join(args.model, "standin_fail_tasks")
+    if os.path.isfile(fail_file):
+        with open(fail_file) as f:
+            os.environ["STANDIN_FAIL_TASKS"] = f.read().strip()
     served = args.served_model_name or [args.model]
     ports = {p.strip() for p in _env("STANDIN_FAULT_PORTS").split(",") if p.strip()}
     faults_on = not ports or str(args.port) in ports
