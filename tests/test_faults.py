@@ -272,3 +272,17 @@ def test_api_cost_from_litellms_price_map():
     assert rl.api_cost("gpt-4o", {"prompt": 1000, "completion": 100}) == pytest.approx(want)
     assert rl.api_cost("hosted_vllm/standin", {"prompt": 1000, "completion": 100}) == "unknown"
     assert rl.api_cost("no-such-model-anywhere", {"prompt": 1, "completion": 1}) == "unknown"
+
+
+def test_an_endpoint_that_refuses_the_request_stops_the_domain_at_once(tmp_path: Path, standins):
+    """A key the API refuses (HTTP 401) cannot pass by retrying: nothing is scored, the domain stops at
+    once (well within --retry-timeout) and says why."""
+    agent = standins.start()
+    user = standins.start(fault_window="0:100000:401", fault_role="user")
+    began = time.monotonic()
+    result = evaluate(tmp_path, [agent], user)  # the default --retry-timeout, 600 s
+    assert time.monotonic() - began < 120
+    assert result.returncode == 1
+    assert written(tmp_path) == []
+    assert f"user endpoint http://127.0.0.1:{user}/v1 refuses the request (HTTP 401" in result.stderr
+    assert standins.stats(user)["errors_401"] >= 1

@@ -52,7 +52,8 @@ Faults of the machinery, per chat request (also only on STANDIN_FAULT_PORTS, if 
 fault-injection tests; what a fault does never changes the scripted replies:
   STANDIN_FAULT_ROLE=user|agent     only requests of this role get the faults below (default: all)
   STANDIN_FAULT_WINDOW=A:B:KIND,..  from A to B seconds after the first chat request, every
-                                    request gets KIND: 429 (with Retry-After), 500, reset (the
+                                    request gets KIND: 429 (with Retry-After), 500 or any other
+                                    HTTP status (401, say), reset (the
                                     connection is closed without an answer) or hang (no answer
                                     for STANDIN_HANG_S seconds, default 3600, then closed)
   STANDIN_429_RATE=p                refuse this share of requests with 429 (seeded random)
@@ -430,7 +431,8 @@ class Handler(BaseHTTPRequestHandler):
             return False
         st = self.state
         with st.lock:
-            st.refused[{"429": "refused_429", "500": "errors_500", "reset": "resets", "hang": "hangs"}[kind]] += 1
+            counter = {"429": "refused_429", "reset": "resets", "hang": "hangs"}.get(kind, f"errors_{kind}")
+            st.refused[counter] = st.refused.get(counter, 0) + 1
         if kind == "429":
             body = json.dumps({"object": "error", "message": "Rate limit reached; try again later",
                                "type": "RateLimitError", "param": None, "code": 429}).encode()
@@ -440,9 +442,10 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
-        elif kind == "500":
-            self._send(500, {"object": "error", "message": "EngineCore hiccup (stand-in fault)",
-                             "type": "InternalServerError", "param": None, "code": 500})
+        elif kind.isdigit():  # 500 and any other status, e.g. 401 for a key the API refuses
+            self._send(int(kind), {"object": "error", "message": f"stand-in fault: HTTP {kind}",
+                                   "type": "InternalServerError" if kind == "500" else "Error", "param": None,
+                                   "code": int(kind)})
         elif kind == "hang":
             time.sleep(st.faults.hang_s)
         if kind in ("reset", "hang"):
