@@ -4,12 +4,12 @@
 Two stand-in servers (tests/standin), started here: the agent's (healthy) and a "hosted user API" that
 fails the machinery's way, on user-simulator calls only:
   * it refuses 25% of calls at random with HTTP 429 and `Retry-After: 1` (STANDIN_429_RATE=0.25),
-  * and every call beyond 10 in any second (STANDIN_RATE_LIMIT=10), as a rate-limited API does,
+  * and every call beyond 1 in any second (STANDIN_RATE_LIMIT=1), as a rate-limited API does,
   * and answers HTTP 500 to everything for 10 s (STANDIN_FAULT_WINDOW=5:15:500, from 5 s after the
     first call).
 The same 40-task retail run goes through run_local.py twice, each against a fresh pair of servers:
   unpaced   --max-concurrency 16 (the user simulator's calls unpaced, as many as simulations in flight)
-  paced     the same, plus --user-max-concurrency 4 --user-max-rpm 480
+  paced     the same, plus --user-max-concurrency 2 --user-max-rpm 55 (under the API's limit)
 Reported per run: wall time, user calls made and refused (429) or failed (500), simulations scored, and
 the check that every scored simulation has the stand-in agent's known reward (none scored 0 by a fault).
 
@@ -38,9 +38,9 @@ from common import launcher_version, machine, start_standin, stop_group, timed  
 from known_rewards import expected_reward  # noqa: E402
 
 DOMAIN, MAX_STEPS, CONCURRENCY = "retail", 60, 16
-USER_API_FAULTS = {"fault_role": "user", "429_rate": "0.25", "rate_limit": "10", "retry_after": "1",
+USER_API_FAULTS = {"fault_role": "user", "429_rate": "0.25", "rate_limit": "1", "retry_after": "1",
                    "fault_window": "5:15:500", "fault_seed": "7"}
-SETTINGS = {"unpaced": [], "paced": ["--user-max-concurrency", "4", "--user-max-rpm", "480"]}
+SETTINGS = {"unpaced": [], "paced": ["--user-max-concurrency", "2", "--user-max-rpm", "55"]}
 
 
 def stats(port: int) -> dict:
