@@ -103,8 +103,9 @@ def write_config(folder: Path, nodes: int, gpus: int, cpus: int) -> Path:
     return conf
 
 
-def start_munge() -> None:
-    """munged as the munge user, unless one already answers."""
+def start_munge(folder: Path) -> None:
+    """munged as the munge user, unless one already answers; one started here is stopped with the
+    cluster (its pid file is copied next to the daemons')."""
     if subprocess.run(["munge", "-n"], capture_output=True).returncode == 0:
         return
     run = Path("/run/munge")
@@ -116,6 +117,7 @@ def start_munge() -> None:
         if time.monotonic() > deadline:
             raise RuntimeError("munged did not start")
         time.sleep(0.1)
+    shutil.copy(run / "munged.pid", folder / "run" / "munged.pid")
 
 
 def start(folder: Path, nodes: int = 4, gpus: int = 4, cpus: int = 8) -> dict[str, str]:
@@ -124,7 +126,7 @@ def start(folder: Path, nodes: int = 4, gpus: int = 4, cpus: int = 8) -> dict[st
     folder.mkdir(parents=True, exist_ok=True)
     conf = write_config(folder, nodes, gpus, cpus)
     env = {**os.environ, "SLURM_CONF": str(conf)}
-    start_munge()
+    start_munge(folder)
     subprocess.run(["/usr/sbin/slurmctld", "-i", "-f", str(conf)], check=True, env=env)
     for name in node_names(nodes):
         subprocess.run(["/usr/sbin/slurmd", "-N", name, "-f", str(conf)], check=True, env=env)
@@ -141,7 +143,7 @@ def start(folder: Path, nodes: int = 4, gpus: int = 4, cpus: int = 8) -> dict[st
 
 
 def stop(folder: Path) -> None:
-    """Stop every daemon of this cluster by the PID in its pid file (munged is shared and stays)."""
+    """Stop every daemon of this cluster by the PID in its pid file (munged too, if it started it)."""
     pids = []
     for pid_file in sorted((folder / "run").glob("*.pid")):
         with contextlib.suppress(OSError, ValueError):
