@@ -74,6 +74,10 @@ examples:
   # servers already up (here or on other hosts): evaluate against the endpoint file
   python run_local.py --skip-server-start --model-config-path model_config_local.json
 
+  # inside a SLURM allocation: every server a job step over its nodes; or submit it from a login node
+  python run_local.py --agent-model $CKPT_DIR --num-servers 8
+  python run_local.py --agent-model $CKPT_DIR --num-servers 8 --sbatch --slurm-nodes 2 --slurm-time 04:00:00
+
   # show GPU placement, ports and the exact commands, start nothing
   python run_local.py --agent-model $CKPT_DIR --dry-run
 
