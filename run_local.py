@@ -540,6 +540,10 @@ def build_servers(args: argparse.Namespace, pools: Sequence[PoolSettings], nodes
     placed = place_servers(pools, nodes)
     lanes = assign_lanes([tuple(f"{node}:{g}" for g in gpus) for _, node, gpus in placed])
     load = Counter((node, g) for _, node, gpus in placed for g in gpus)  # servers on each GPU
+    shared = sorted({slot_text(slot) for slot, servers in load.items() if servers > 1})
+    if slurm and shared:  # a step waits until SLURM can give it GPUs no other step holds
+        raise UsageError(f"under SLURM every server needs GPUs of its own, but GPU {shared[0]} would be shared; "
+                         "use fewer servers or allocate more GPUs")
     cpus = step_cpus(placed, nodes) if slurm else {}
     address = {n.name: n.address for n in nodes}
     host = args.host or ("0.0.0.0" if slurm else "127.0.0.1")

@@ -57,6 +57,11 @@ def test_bad_slurm_plans(argv, message):
         plan(*argv)
 
 
+def test_servers_never_share_a_gpu_under_slurm():
+    with pytest.raises(rl.UsageError, match="GPU n1:0 would be shared"):
+        plan("--num-servers", "1", "--user-model", "/u", on=nodes(count=1, gpus=1))
+
+
 def test_a_node_needs_a_cpu_per_server():
     with pytest.raises(rl.UsageError, match="node n1 has 2 CPU"):
         plan("--num-servers", "4", "--gpu-ids", "n1:0,n1:1,n1:2,n1:3", on=nodes(cpus=2))
