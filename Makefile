@@ -41,6 +41,7 @@ benchmarks: model
 	$(PY) benchmarks/eval_overhead/run.py
 	$(PY) benchmarks/parallel_domains/run.py
 	$(PY) benchmarks/shutdown/run.py
+	$(PY) benchmarks/slurm_startup/run.py
 
 clean:
 	rm -rf outputs logs .pytest_cache

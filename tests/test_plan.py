@@ -14,7 +14,7 @@ def parse(*argv: str) -> argparse.Namespace:
 
 
 def plan(*argv: str, gpus: tuple[str, ...] = ("0", "1", "2", "3"), config=None) -> rl.Plan:
-    return rl.build_plan(parse(*argv), gpus, iter(range(1900, 2000)), config or {}, "/cache")
+    return rl.build_plan(parse(*argv), rl.this_machine(gpus), iter(range(1900, 2000)), config or {}, "/cache")
 
 
 def test_defaults_match_the_seed_script():
@@ -23,7 +23,7 @@ def test_defaults_match_the_seed_script():
     assert (args.output_dir, args.log_dir, args.start_port, args.server_timeout) == ("outputs", "logs", "1900", 600)
     assert args.domains == ["retail", "telecom", "airline"]
     assert args.model_config_path == "model_config_local.json"
-    assert args.host == "127.0.0.1" and args.tool_call_parser == "hermes"
+    assert plan().servers[0].host == "127.0.0.1" and args.tool_call_parser == "hermes"
 
 
 def test_four_servers_on_four_gpus_one_each_in_parallel_lanes():

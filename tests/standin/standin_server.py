@@ -556,6 +556,9 @@ def main(argv=None) -> None:
     log(f"INFO {time.strftime('%m-%d %H:%M:%S')} [api_server.py] stand-in vLLM pid={os.getpid()} "
         f"model={args.model} served={served} port={args.port} faults={'on' if faults_on else 'off'} "
         f"ignored_args={unknown}")
+    # where it runs, as a real server's GPUs are seen by CUDA (tests of the SLURM executor read it)
+    log(f"INFO [api_server.py] placement CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')} "
+        f"SLURMD_NODENAME={os.environ.get('SLURMD_NODENAME', '')} SLURM_STEP_ID={os.environ.get('SLURM_STEP_ID', '')}")
 
     if _env("STANDIN_IGNORE_SIGTERM") == "1":
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a server slow to shut down

@@ -1,0 +1,81 @@
+"""Planning over the nodes of a SLURM allocation is pure: nodes in, servers and srun commands out."""
+from __future__ import annotations
+
+import pytest
+
+import run_local as rl
+
+DETAIL = """JobId=7 JobName=x
+   NumNodes=3 NumCPUs=20 NumTasks=3 CPUs/Task=8 ReqB:S:C:T=0:0:*:*
+   JOB_GRES=gpu:10
+     Nodes=n[1-2] CPU_IDs=0-7 Mem=0 GRES=gpu:a100:4(IDX:0-3)
+     Nodes=n3 CPU_IDs=0,2-4 Mem=0 GRES=gpu:2(IDX:1,3)
+   MinCPUsNode=8
+"""
+
+
+def nodes(count: int = 2, gpus: int = 4, cpus: int = 8) -> tuple[rl.Node, ...]:
+    return tuple(rl.Node(f"n{i + 1}", f"10.0.0.{i + 1}", tuple(map(str, range(gpus))), cpus) for i in range(count))
+
+
+def plan(*argv: str, on=None) -> rl.Plan:
+    args = rl.build_parser().parse_args(["--agent-model", "/ckpt", *argv])
+    return rl.build_plan(args, on or nodes(), iter(range(1900, 2000)), {}, "/cache", executor="slurm")
+
+
+def test_scontrol_job_detail_gives_cpus_and_gpu_ids_per_node():
+    assert rl.parse_job_nodes(DETAIL) == [("n[1-2]", 8, ("0", "1", "2", "3")), ("n3", 4, ("1", "3"))]
+    assert rl.index_list("0-2,5") == ("0", "1", "2", "5")
+    assert rl.parse_node_addresses("NodeName=n1 Arch=x NodeAddr=10.1.1.1 NodeHostName=a\nNodeName=n2 NodeAddr=b") \
+        == {"n1": "10.1.1.1", "n2": "b"}
+
+
+def test_servers_fill_the_nodes_gpus_and_are_reached_at_their_node():
+    p = plan("--num-servers", "6", "--user-model", "/user", "--user-tensor-parallel-size", "2")
+    agents = [s for s in p.servers if s.role == "agent"]
+    assert [(s.node, s.gpus) for s in agents] == [("n1", ("0",)), ("n1", ("1",)), ("n1", ("2",)), ("n1", ("3",)),
+                                                   ("n2", ("0",)), ("n2", ("1",))]
+    user = p.servers[-1]
+    assert (user.node, user.gpus, user.url) == ("n2", ("2", "3"), "http://10.0.0.2:1906/v1")
+    assert agents[0].url == "http://10.0.0.1:1900/v1" and agents[0].host == "0.0.0.0"
+    assert user.argv[:10] == ("srun", "--nodes=1", "--ntasks=1", "--nodelist=n2", "--exact", "--cpus-per-task=2",
+                              "--mem=0", "--gres=gpu:2", "--job-name=run_local_1906", "--kill-on-bad-exit=1")
+    assert "CUDA_VISIBLE_DEVICES" not in dict(user.env)  # SLURM sets it for the step
+    assert len(set(s.lane for s in p.servers)) == 7  # GPU 0 of n1 and GPU 0 of n2 are different GPUs
+    assert rl.config_pools(p) == {"/ckpt": list(p.agent_urls), "/user": [user.url]}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (("--num-servers", "9"), "--num-servers 9 needs 9 GPU groups of 1 but only 8"),
+    (("--gpu-ids", "n3:0"), "GPU n3:0 does not exist in this SLURM allocation"),
+    (("--gpu-ids", "4"), "GPU n1:4 does not exist"),
+    (("--user-model", "/u", "--user-gpu-ids", "n1:3,n2:0", "--user-tensor-parallel-size", "2"), "span nodes"),
+    (("--servers-per-gpu", "2"), "not supported with the SLURM executor"),
+])
+def test_bad_slurm_plans(argv, message):
+    with pytest.raises(rl.UsageError, match=message):
+        plan(*argv)
+
+
+def test_servers_never_share_a_gpu_under_slurm():
+    with pytest.raises(rl.UsageError, match="GPU n1:0 would be shared"):
+        plan("--num-servers", "1", "--user-model", "/u", on=nodes(count=1, gpus=1))
+
+
+def test_a_node_needs_a_cpu_per_server():
+    with pytest.raises(rl.UsageError, match="node n1 has 2 CPU"):
+        plan("--num-servers", "4", "--gpu-ids", "n1:0,n1:1,n1:2,n1:3", on=nodes(cpus=2))
+
+
+def test_job_script_runs_the_same_command_on_the_slurm_executor(tmp_path):
+    argv = ["--agent-model", "/ckpt", "--sbatch", "--slurm-nodes", "2", "--slurm-partition=gpu",
+            "--sbatch-arg=--qos=high", "--executor", "auto", "--domains", "retail"]
+    assert rl.job_argv(argv) == ["--agent-model", "/ckpt", "--domains", "retail", "--executor", "slurm"]
+    args = rl.build_parser().parse_args([*argv, "--log-dir", str(tmp_path)])
+    nodes = rl.sbatch_nodes(args)
+    assert [(n.name, len(n.gpus), n.cpus) for n in nodes] == [("node1", 2, 3), ("node2", 2, 3)]
+    script = rl.job_script(args, argv, nodes, tmp_path)
+    for line in ("#SBATCH --nodes=2", "#SBATCH --gres=gpu:2", "#SBATCH --cpus-per-task=3", "#SBATCH --partition=gpu",
+                 "#SBATCH --qos=high", f"#SBATCH --output={tmp_path}/slurm-%j.out", f"cd {tmp_path}"):
+        assert line in script.splitlines()
+    assert script.splitlines()[-1].endswith("run_local.py --agent-model /ckpt --domains retail --executor slurm")
