@@ -48,11 +48,25 @@ from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 
 __version__ = "0.2.0"
 
-KNOWN_DOMAINS = ("retail", "telecom", "airline", "mock")
+KNOWN_DOMAINS = ("retail", "telecom", "telecom-workflow", "airline", "mock")
 DEFAULT_DOMAINS = ("retail", "telecom", "airline")
-AGENT_IMPLEMENTATION = "run_local_routed_agent"  # τ²-bench's LLM agent, its calls guarded and routed
-USER_IMPLEMENTATION = "run_local_routed_user"  # τ²-bench's user simulator, its calls guarded and routed
+# τ²-bench's agents and users, as `tau2 run --agent/--user` names them, and the name under which this
+# launcher registers each with its calls guarded and routed (what results files record).
+ROUTED = {"llm_agent": "run_local_routed_agent", "llm_agent_gt": "run_local_routed_agent_gt",
+          "llm_agent_solo": "run_local_routed_agent_solo", "user_simulator": "run_local_routed_user",
+          "dummy_user": "dummy_user"}
+AGENTS, USERS = ("llm_agent", "llm_agent_gt", "llm_agent_solo"), ("user_simulator", "dummy_user")
+DEFAULT_LLM_ARGS = '{"temperature": 0.0}'  # τ²-bench's default sampling: greedy
 MAX_ERRORS = 10  # τ²-bench's default tool-error budget per simulation
+EXPERT_TOOL = "call_expert"
+DEFAULT_POLICY_ADDENDUM = """\
+## Consulting experts
+You can hand your next turn to an expert with the `call_expert` tool. Its argument `expert` names one of
+the experts listed in the tool's description. The expert sees this conversation, this policy and the
+same tools, and its reply (a message to the user or tool calls) is sent in your place. Call an expert
+when you are not confident you can take the next step correctly on your own, when the request needs
+careful reasoning over several records, or when a mistake would be costly; handle routine steps
+yourself, since experts cost more. Call `call_expert` on its own, never together with other tools."""
 RETRY_TIMEOUT_S = 600.0  # a simulation may spend this long retrying the machinery's failures
 REQUEST_TIMEOUT_S = 600.0  # one model call may take this long before it counts as a timeout
 BACKOFF_BASE_S, BACKOFF_CAP_S = 1.0, 30.0  # exponential backoff between retries of a failed call
@@ -84,6 +98,11 @@ examples:
   # inside a SLURM allocation: every server a job step over its nodes; or submit it from a login node
   python run_local.py --agent-model $CKPT_DIR --num-servers 8
   python run_local.py --agent-model $CKPT_DIR --num-servers 8 --sbatch --slurm-nodes 2 --slurm-time 04:00:00
+
+  # an orchestrator: the agent can hand a turn to an API expert or to a local 32B expert on GPUs 6,7
+  python run_local.py --agent-model $CKPT_DIR --gpu-ids 0,1,2,3,4,5 \\
+      --expert expert-1=gpt-4o --expert expert-3=/models/Qwen3-32B \\
+      --expert-tensor-parallel-size expert-3=2 --expert-gpu-ids expert-3=6,7
 
   # show GPU placement, ports and the exact commands, start nothing
   python run_local.py --agent-model $CKPT_DIR --dry-run
@@ -187,14 +206,52 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-concurrency", type=int,
                    help="simulations in flight at once (default: 16 per agent server)")
     e.add_argument("--seed", type=int, default=300, help="τ²-bench seed (default: 300)")
+    e.add_argument("--agent-llm-args", default=DEFAULT_LLM_ARGS, metavar="JSON",
+                   help=f"the agent's sampling arguments, as `tau2 run` takes them (default: {DEFAULT_LLM_ARGS})")
+    e.add_argument("--user-llm-args", default=DEFAULT_LLM_ARGS, metavar="JSON",
+                   help=f"the user simulator's sampling arguments (default: {DEFAULT_LLM_ARGS})")
     e.add_argument("--max-new-tokens", type=int,
-                   help="cap on tokens per agent and user reply (default: none, as τ²-bench; small models "
-                        "that ramble until the context is full need one)")
+                   help="shortcut for max_tokens in both --agent-llm-args and --user-llm-args, where they do "
+                        "not set it (default: none, as τ²-bench; small models that ramble until the context "
+                        "is full need one)")
+    e.add_argument("--max-errors", type=int, default=MAX_ERRORS,
+                   help=f"tool errors in a row that end a simulation, as `tau2 run` (default: {MAX_ERRORS})")
+    e.add_argument("--task-set-name", help="τ²-bench task set, e.g. telecom_full or telecom_small "
+                                           "(default: the domain's own)")
+    e.add_argument("--task-split-name", default="base",
+                   help="task split, as `tau2 run` (default: base, where the task set has splits)")
+    e.add_argument("--agent", choices=AGENTS, default="llm_agent",
+                   help="τ²-bench's agent implementation (default: llm_agent; llm_agent_solo needs --user dummy_user)")
+    e.add_argument("--user", choices=USERS, default="user_simulator",
+                   help="τ²-bench's user implementation (default: user_simulator)")
     e.add_argument("--parallel-domains", action="store_true",
                    help="run all domains at once over the shared servers")
     e.add_argument("--overwrite", action="store_true",
                    help="discard earlier results in --output-dir instead of resuming")
     e.add_argument("--output-dir", default="outputs", help="results folder (default: outputs)")
+
+    x = p.add_argument_group("experts: models the agent can hand a turn to (the orchestration setting)")
+    x.add_argument("--expert", action="append", default=[], metavar="NAME=MODEL",
+                   help="an expert the agent calls through its call_expert tool, repeatable. MODEL is a "
+                        "checkpoint folder (served in this fleet as a pool of its own), a model listed in the "
+                        "endpoint file (servers already up), or a litellm model name (called through its API)")
+    x.add_argument("--expert-description", action="append", default=[], metavar="NAME=TEXT",
+                   help="what the agent is told about an expert, repeatable (default: its model's name)")
+    x.add_argument("--expert-info", metavar="FILE",
+                   help='JSON file: {"NAME": {"description": "...", "price": [in, out]}}, prices in $ per '
+                        "million tokens")
+    x.add_argument("--expert-servers", action="append", default=[], metavar="NAME=N",
+                   help="servers of a served expert's pool (default: 1)")
+    x.add_argument("--expert-tensor-parallel-size", action="append", default=[], metavar="NAME=K",
+                   help="GPUs per server of a served expert (default: 1)")
+    x.add_argument("--expert-gpu-ids", action="append", default=[], metavar="NAME=IDS",
+                   help="GPUs of a served expert's pool, e.g. gpt=6,7 (default: the last free ones)")
+    x.add_argument("--agent-policy-addendum", metavar="FILE",
+                   help="text added to the agent's policy when it has experts, e.g. the wording a checkpoint "
+                        "was trained with (default: this launcher's own, shown by --dry-run)")
+    x.add_argument("--price", action="append", default=[], metavar="MODEL=IN,OUT",
+                   help="$ per million prompt and completion tokens of a model litellm does not price "
+                        "(a local one), for the cost in the summary, repeatable")
 
     f = p.add_argument_group("faults and pacing (a fault of the machinery is retried, never scored)")
     f.add_argument("--retry-timeout", type=float, default=RETRY_TIMEOUT_S,
@@ -318,10 +375,34 @@ class EvalSettings:
     overwrite: bool
     output_dir: Path
     faults: FaultPolicy
+    agent: str = "llm_agent"  # τ²-bench's implementation names, as `tau2 run --agent/--user`
+    user: str = "user_simulator"
+    agent_llm_args: dict[str, Any] = field(default_factory=lambda: {"temperature": 0.0})
+    user_llm_args: dict[str, Any] = field(default_factory=lambda: {"temperature": 0.0})
+    max_errors: int = MAX_ERRORS
+    task_set_name: str | None = None
+    task_split_name: str = "base"
 
-    def llm_args(self) -> dict[str, Any]:
-        """Sampling arguments of every agent and user call: greedy, as τ²-bench's defaults."""
-        return {"temperature": 0.0, **({"max_tokens": self.max_new_tokens} if self.max_new_tokens else {})}
+    def agent_args(self) -> dict[str, Any]:
+        """The agent's sampling arguments: --agent-llm-args, max_tokens from --max-new-tokens if unset."""
+        return self._capped(self.agent_llm_args)
+
+    def user_args(self) -> dict[str, Any]:
+        return self._capped(self.user_llm_args)
+
+    def _capped(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {**({"max_tokens": self.max_new_tokens} if self.max_new_tokens else {}), **args}
+
+
+@dataclass(frozen=True)
+class Expert:
+    """A model the agent can hand its turn to through its call_expert tool."""
+
+    name: str  # what the agent calls it by
+    model: str  # the litellm model string of its calls
+    urls: tuple[str, ...]  # its pool's endpoints; () for a model called through its API
+    description: str
+    source: str  # "served" (a pool of this fleet), "endpoint file" or "API"
 
 
 @dataclass(frozen=True)
@@ -337,6 +418,10 @@ class Plan:
     config_path: Path
     log_dir: Path
     executor: str = "local"  # "local" or "slurm"
+    experts: tuple[Expert, ...] = ()
+    policy_addendum: str = ""  # added to the agent's policy when it has experts
+    addendum_source: str = ""
+    prices: tuple[tuple[str, float, float], ...] = ()  # (model, $/M prompt, $/M completion) given by the user
 
 
 def endpoint_url(host: str, port: int | str) -> str:
@@ -385,7 +470,7 @@ def check_numbers(args: argparse.Namespace) -> None:
         "--server-timeout": args.server_timeout, "--max-new-tokens": args.max_new_tokens,
         "--retry-timeout": args.retry_timeout, "--request-timeout": args.request_timeout,
         "--user-max-concurrency": args.user_max_concurrency, "--user-max-rpm": args.user_max_rpm,
-        "--slurm-nodes": args.slurm_nodes,
+        "--slurm-nodes": args.slurm_nodes, "--max-errors": args.max_errors,
     }
     for flag, value in positive.items():
         if value is not None and value <= 0:
@@ -409,7 +494,7 @@ def pool_settings(args: argparse.Namespace) -> tuple[PoolSettings, ...]:
     if args.user_model:
         pools.append(PoolSettings("user", args.user_model, args.user_model, 1, args.user_tensor_parallel_size,
                                   parse_gpu_ids(args.user_gpu_ids, "--user-gpu-ids"), 1, "user-"))
-    return tuple(pools)
+    return (*pools, *expert_pools(args))
 
 
 def slot_text(slot: Slot) -> str:
@@ -456,47 +541,59 @@ Placed = tuple[PoolSettings, str, tuple[str, ...]]  # a server's pool, node and 
 
 def place_servers(pools: Sequence[PoolSettings], nodes: Sequence[Node]) -> list[Placed]:
     """Decide (pool, node, GPUs) for every server: agent servers round-robin over GPU groups, node by
-    node, then the user's, by default on the last GPUs. Nodes without GPU run servers on the CPU, unpinned."""
-    agent, user = pools[0], (pools[1] if len(pools) > 1 else None)
+    node; every other pool (the user simulator's, the experts') on the GPUs it was given, by default the
+    last free ones, or sharing the first ones when too few are left. Nodes without GPU run servers on
+    the CPU, unpinned."""
+    agent, others = pools[0], pools[1:]
     everything = [(n.name, g) for n in nodes for g in n.gpus]
     if not everything:
-        if agent.gpu_ids or (user and user.gpu_ids):
+        if any(pool.gpu_ids for pool in pools):
             raise UsageError("--gpu-ids/--user-gpu-ids given but this machine shows no GPU")
         names = [n.name for n in nodes]
         placed: list[Placed] = [(agent, names[i % len(names)], ()) for i in range(agent.count or 1)]
-        return placed + ([(user, names[-1], ())] if user else [])
-    agent_ids, user_ids = pool_slots(agent, nodes), (pool_slots(user, nodes) if user else None)
+        return placed + [(pool, names[-1], ()) for pool in others for _ in range(pool.count or 1)]
+    agent_ids = pool_slots(agent, nodes)
     tp = agent.tensor_parallel
-    pool = agent_ids or tuple(everything)
-    if user and user_ids is None:
-        user_tp = user.tensor_parallel
-        if len(pool) - user_tp >= tp:  # the user server takes the last GPUs, the agent keeps a group
-            user_ids = tuple(pool[-user_tp:])
-            if agent_ids is None:
-                pool = tuple(s for s in everything if s not in user_ids)
-        else:  # too few GPUs: the user server shares the first ones
-            user_ids = tuple(pool[:user_tp])
-    if user and len(user_ids) != user.tensor_parallel:
-        raise UsageError(f"--user-gpu-ids names {len(user_ids)} GPUs but --user-tensor-parallel-size is "
-                         f"{user.tensor_parallel}")
-    if user and len({node for node, _ in user_ids}) > 1:
-        raise UsageError(f"the user server's GPUs {','.join(map(slot_text, user_ids))} span nodes; "
-                         "a server's GPUs must be on one node")
-    groups = gpu_groups(pool, tp)
+    free = list(agent_ids or everything)  # the agent's GPUs
+    spare = list(free)  # GPUs no other pool has taken yet
+    placed = []
+    for pool in others:
+        ids, need = pool_slots(pool, nodes), (pool.count or 1) * pool.tensor_parallel
+        if ids is None:
+            if len(spare) - need >= tp:  # the pool takes the last free GPUs, the agent keeps a group
+                ids, spare = tuple(spare[-need:]), spare[:-need]
+                if agent_ids is None:
+                    free = [s for s in free if s not in ids]
+            else:  # too few GPUs: the pool shares the first ones
+                ids = tuple(free[:need])
+        placed += place_pool(pool, ids)
+    groups = gpu_groups(free, tp)
     if not groups:
-        raise UsageError(f"--tensor-parallel-size {tp} needs {tp} GPUs; only {len(pool)} given")
+        raise UsageError(f"--tensor-parallel-size {tp} needs {tp} GPUs; only {len(free)} given")
     capacity = len(groups) * agent.servers_per_gpu
     count = agent.count if agent.count is not None else min(SEED_SCRIPT_SERVERS, capacity)
     if count > capacity:
         raise UsageError(
             f"--num-servers {count} needs {count} GPU groups of {tp} but only {len(groups)} are available "
-            f"({','.join(map(slot_text, pool))}); use fewer servers or --servers-per-gpu "
+            f"({','.join(map(slot_text, free))}); use fewer servers or --servers-per-gpu "
             f"{math.ceil(count / len(groups))}")
-    placed = [(agent, groups[i % len(groups)][0][0], tuple(g for _, g in groups[i % len(groups)]))
+    agents = [(agent, groups[i % len(groups)][0][0], tuple(g for _, g in groups[i % len(groups)]))
               for i in range(count)]
-    if user:
-        placed.append((user, user_ids[0][0], tuple(g for _, g in user_ids)))
-    return placed
+    return agents + placed
+
+
+def place_pool(pool: PoolSettings, ids: tuple[Slot, ...]) -> list[Placed]:
+    """A non-agent pool's servers on its GPUs: groups of its tensor-parallel size, each on one node."""
+    count, tp, what = pool.count or 1, pool.tensor_parallel, pool.served_name if pool.role == "expert" else pool.role
+    if len(ids) != count * tp:
+        size = (f"--{pool.flag}tensor-parallel-size is {tp}" if count == 1
+                else f"{what} needs {count} servers x {tp} GPUs")
+        raise UsageError(f"--{pool.flag}gpu-ids names {len(ids)} GPUs but {size}")
+    groups = gpu_groups(ids, tp)
+    if len(groups) < count:
+        raise UsageError(f"the {what} server's GPUs {','.join(map(slot_text, ids))} span nodes; "
+                         "a server's GPUs must be on one node")
+    return [(pool, group[0][0], tuple(g for _, g in group)) for group in groups[:count]]
 
 
 def assign_lanes(gpu_sets: Sequence[tuple[str, ...]]) -> list[int]:
@@ -637,7 +734,139 @@ def eval_settings(args: argparse.Namespace, agent_servers: int) -> EvalSettings:
         max_steps=args.max_steps, max_concurrency=args.max_concurrency or 16 * max(agent_servers, 1),
         seed=args.seed, max_new_tokens=args.max_new_tokens, parallel_domains=args.parallel_domains, overwrite=args.overwrite,
         output_dir=Path(args.output_dir),
-        faults=FaultPolicy(args.retry_timeout, args.request_timeout, args.user_max_concurrency, args.user_max_rpm))
+        faults=FaultPolicy(args.retry_timeout, args.request_timeout, args.user_max_concurrency, args.user_max_rpm),
+        agent=args.agent, user=args.user, agent_llm_args=parse_llm_args(args.agent_llm_args, "--agent-llm-args"),
+        user_llm_args=parse_llm_args(args.user_llm_args, "--user-llm-args"), max_errors=args.max_errors,
+        task_set_name=args.task_set_name, task_split_name=args.task_split_name)
+
+
+def parse_llm_args(text: str, flag: str) -> dict[str, Any]:
+    """A JSON object of sampling arguments, as `tau2 run` takes them."""
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"{flag} is not valid JSON ({exc}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"{flag} must be a JSON object such as {DEFAULT_LLM_ARGS}, not {text!r}")
+    return value
+
+
+def named_values(items: Sequence[str], flag: str) -> dict[str, str]:
+    """NAME=VALUE options, in order; a name given twice is bad input."""
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise UsageError(f"{flag} takes NAME=VALUE, not {item!r}")
+        if name in out:
+            raise UsageError(f"{flag} names {name!r} twice")
+        out[name] = value
+    return out
+
+
+def is_folder(model: str) -> bool:
+    """An expert given as a checkpoint folder (a path), not as a model name."""
+    return model.startswith(("/", "./", "../", "~")) or Path(model).is_dir()
+
+
+def read_expert_info(path: str | None) -> dict[str, dict[str, Any]]:
+    """--expert-info: {"NAME": {"description": "...", "price": [in, out]}}."""
+    if path is None:
+        return {}
+    try:
+        doc = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise UsageError(f"--expert-info {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise UsageError(f"--expert-info {path} is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict) or not all(isinstance(v, dict) for v in doc.values()):
+        raise UsageError(f'--expert-info {path}: expected {{"NAME": {{"description": "...", "price": [in, out]}}}}')
+    return doc
+
+
+def read_prices(args: argparse.Namespace, info: dict[str, dict[str, Any]],
+                experts: dict[str, str]) -> tuple[tuple[str, float, float], ...]:
+    """$ per million tokens the user gave: --price MODEL=IN,OUT, and --expert-info's prices."""
+    given = {name: value.split(",") for name, value in named_values(args.price, "--price").items()}
+    given |= {experts[name]: entry["price"] for name, entry in info.items() if "price" in entry and name in experts}
+    prices = []
+    for model, pair in given.items():
+        try:
+            prompt, completion = (float(x) for x in pair)
+        except (TypeError, ValueError):
+            raise UsageError(f"the price of {model} must be two numbers, $ per million prompt and completion "
+                             f"tokens (IN,OUT), not {pair!r}") from None
+        prices.append((model, prompt, completion))
+    return tuple(prices)
+
+
+def expert_pools(args: argparse.Namespace) -> tuple[PoolSettings, ...]:
+    """The experts given as checkpoint folders: each one a pool of this fleet, served under its name."""
+    experts = named_values(args.expert, "--expert")
+    counts = named_values(args.expert_servers, "--expert-servers")
+    tps = named_values(args.expert_tensor_parallel_size, "--expert-tensor-parallel-size")
+    gpus = named_values(args.expert_gpu_ids, "--expert-gpu-ids")
+    for flag, given in (("--expert-servers", counts), ("--expert-tensor-parallel-size", tps),
+                        ("--expert-gpu-ids", gpus)):
+        stray = [n for n in given if n not in experts or not is_folder(experts[n])]
+        if stray:
+            raise UsageError(f"{flag} names {stray[0]!r}, which is no expert served by this fleet (--expert NAME=FOLDER)")
+
+    def positive(text: str, flag: str) -> int:
+        if not text.isdigit() or int(text) < 1:
+            raise UsageError(f"{flag} wants a positive count, not {text!r}")
+        return int(text)
+
+    return tuple(PoolSettings("expert", model, name, positive(counts.get(name, "1"), "--expert-servers"),
+                              positive(tps.get(name, "1"), "--expert-tensor-parallel-size"),
+                              parse_gpu_ids(gpus[name], f"--expert-gpu-ids {name}") if name in gpus else None,
+                              1, "expert-")
+                 for name, model in experts.items() if is_folder(model))
+
+
+def resolve_experts(args: argparse.Namespace, servers: Sequence[ServerSpec],
+                    config: dict[str, tuple[str, ...]]) -> tuple[Expert, ...]:
+    """Where each expert is reached: its pool in this fleet, the endpoint file's servers, or its API."""
+    experts = named_values(args.expert, "--expert")
+    described = named_values(args.expert_description, "--expert-description")
+    info = read_expert_info(args.expert_info)
+    for name in [*described, *info]:
+        if name not in experts:
+            raise UsageError(f"{name!r} is described but no --expert {name}=MODEL is given")
+    resolved = []
+    for name, model in experts.items():
+        if name in ("agent", "user"):
+            raise UsageError(f"--expert {name}: the names agent and user are taken; call it something else")
+        if is_folder(model):
+            if args.skip_server_start:
+                raise UsageError(f"--expert {name}={model} is a checkpoint folder, but --skip-server-start starts "
+                                 f"no server: list its servers in {args.model_config_path} under a name instead")
+            where = (tuple(s.url for s in servers if s.role == "expert" and s.served_name == name), hosted(name), "served")
+        elif model in config:
+            where = (config[model], hosted(model), "endpoint file")
+        else:
+            where = ((), model, "API")
+        text = described.get(name) or info.get(name, {}).get("description") or f"the model {model}"
+        resolved.append(Expert(name, where[1], where[0], text, where[2]))
+    return tuple(resolved)
+
+
+def read_addendum(path: str | None) -> tuple[str, str]:
+    """The agent's policy addendum for experts, and where it came from."""
+    if path is None:
+        return DEFAULT_POLICY_ADDENDUM, "built in (run_local.py DEFAULT_POLICY_ADDENDUM)"
+    try:
+        return Path(path).read_text().strip(), path
+    except OSError as exc:
+        raise UsageError(f"--agent-policy-addendum {path}: {exc.strerror or exc}") from None
+
+
+def check_implementations(args: argparse.Namespace) -> None:
+    """τ²-bench's solo agent works only with its dummy user, and the dummy user only with it."""
+    if (args.agent == "llm_agent_solo") != (args.user == "dummy_user"):
+        raise UsageError("--agent llm_agent_solo and --user dummy_user go together (τ²-bench's solo mode)")
+    if args.expert and args.agent != "llm_agent":
+        raise UsageError(f"--expert works with --agent llm_agent, not {args.agent}")
 
 
 def build_plan(args: argparse.Namespace, nodes: Sequence[Node], ports: Iterator[int],
@@ -645,6 +874,7 @@ def build_plan(args: argparse.Namespace, nodes: Sequence[Node], ports: Iterator[
                executor: str = "local") -> Plan:
     """Turn arguments into a plan. Pure: the nodes and GPUs seen, the ports and a read endpoint file come in."""
     check_numbers(args)
+    check_implementations(args)
     if args.skip_server_start:
         agent_name = pick_agent_name(args, config)
         servers: tuple[ServerSpec, ...] = ()
@@ -662,8 +892,11 @@ def build_plan(args: argparse.Namespace, nodes: Sequence[Node], ports: Iterator[
         agent_urls = tuple(s.url for s in servers if s.role == "agent")
         user_server_urls = tuple(s.url for s in servers if s.role == "user")
     user_llm, user_urls = resolve_user(args, agent_name, agent_urls, user_server_urls, config)
+    experts = resolve_experts(args, servers, config)
+    addendum, source = read_addendum(args.agent_policy_addendum) if experts else ("", "")
+    prices = read_prices(args, read_expert_info(args.expert_info), {e.name: e.model for e in experts})
     return Plan(servers, agent_name, agent_urls, user_llm, user_urls, eval_settings(args, len(agent_urls)),
-                Path(args.model_config_path), Path(args.log_dir), executor)
+                Path(args.model_config_path), Path(args.log_dir), executor, experts, addendum, source, prices)
 
 
 def pick_agent_name(args: argparse.Namespace, config: dict[str, tuple[str, ...]]) -> str:
@@ -896,6 +1129,14 @@ def check_inputs(args: argparse.Namespace, plan: Plan, env: dict[str, str]) -> N
     if key and not env.get(key):
         raise UsageError(f"user simulator {plan.user_llm} needs {key}; set it (see setup_envs.sh) "
                          "or serve the user locally (--user-model, --user-api-base)")
+    for expert in plan.experts:
+        if expert.source == "served":
+            check_model_dir(next(s.model for s in plan.servers if s.served_name == expert.name),
+                            f"--expert {expert.name}=")
+        key = needed_api_key(expert.model) if expert.source == "API" else None
+        if key and not env.get(key):
+            raise UsageError(f"expert {expert.name} ({expert.model}) needs {key}; set it, or serve it "
+                             f"locally (--expert {expert.name}=/path/to/checkpoint)")
     check_writable_dir(plan.eval.output_dir, "--output-dir")
     check_writable_dir(plan.log_dir, "--log-dir")
     check_writable_dir(plan.config_path.parent, "--model-config-path")
@@ -1613,45 +1854,140 @@ def load_tau2(log_path: Path) -> Any:
     logger.remove()
     logger.add(log_path, level="INFO")
     import tau2.run
-    from tau2.agent.llm_agent import LLMAgent
+    from tau2.agent.llm_agent import LLMAgent, LLMGTAgent, LLMSoloAgent
     from tau2.user.user_simulator import UserSimulator
 
-    class RoutedAgent(LLMAgent):
+    class Guarded:
+        """τ²-bench's agent or user simulator, every model call through the simulation's CallGuard."""
+
+        def __init__(self, *args: Any, llm_args: dict | None = None, **kwargs: Any):
+            llm_args = dict(llm_args or {})
+            self.guard: CallGuard = llm_args.pop("guard")
+            super().__init__(*args, llm_args=llm_args, **kwargs)
+
+        def generate_next_message(self, message: Any, state: Any) -> Any:
+            return guarded(self, super().generate_next_message, message, state)
+
+    class RoutedAgent(Guarded, LLMAgent):
+        """τ²-bench's LLM agent; with experts, it also has the call_expert tool and hands those turns over."""
+
         def __init__(self, tools: list, domain_policy: str, llm: str | None = None, llm_args: dict | None = None):
-            llm_args = dict(llm_args or {})
-            self.guard: CallGuard = llm_args.pop("guard")
-            super().__init__(tools=tools, domain_policy=domain_policy, llm=llm, llm_args=llm_args)
+            self.desk: ExpertDesk | None = (llm_args or {}).get("experts")
+            if self.desk:
+                tools, domain_policy = [*tools, self.desk.tool], f"{domain_policy}\n\n{self.desk.addendum}"
+            super().__init__(tools=tools, domain_policy=domain_policy, llm=llm,
+                             llm_args={k: v for k, v in (llm_args or {}).items() if k != "experts"})
 
         def generate_next_message(self, message: Any, state: Any) -> Any:
-            return guarded(self, super().generate_next_message, message, state)
+            reply, state = super().generate_next_message(message, state)
+            if self.desk and self.desk.wanted(reply):
+                reply = self.desk.hand_over(self, reply, state)
+            return reply, state
 
-    class RoutedUser(UserSimulator):
-        def __init__(self, tools: list | None = None, instructions: str | None = None, llm: str | None = None,
-                     llm_args: dict | None = None):
-            llm_args = dict(llm_args or {})
-            self.guard: CallGuard = llm_args.pop("guard")
-            super().__init__(tools=tools, instructions=instructions, llm=llm, llm_args=llm_args)
+    class RoutedGTAgent(Guarded, LLMGTAgent):
+        pass
 
-        def generate_next_message(self, message: Any, state: Any) -> Any:
-            return guarded(self, super().generate_next_message, message, state)
+    class RoutedSoloAgent(Guarded, LLMSoloAgent):
+        pass
 
-    if AGENT_IMPLEMENTATION not in tau2.run.registry.get_agents():
-        tau2.run.registry.register_agent(RoutedAgent, AGENT_IMPLEMENTATION)
-    if USER_IMPLEMENTATION not in tau2.run.registry.get_users():
-        tau2.run.registry.register_user(RoutedUser, USER_IMPLEMENTATION)
+    class RoutedUser(Guarded, UserSimulator):
+        pass
+
+    routed = {"llm_agent": RoutedAgent, "llm_agent_gt": RoutedGTAgent, "llm_agent_solo": RoutedSoloAgent}
+    for stock, cls in routed.items():
+        if ROUTED[stock] not in tau2.run.registry.get_agents():
+            tau2.run.registry.register_agent(cls, ROUTED[stock])
+    if ROUTED["user_simulator"] not in tau2.run.registry.get_users():
+        tau2.run.registry.register_user(RoutedUser, ROUTED["user_simulator"])
     return tau2.run
 
 
+@dataclass(frozen=True)
+class ExpertTool:
+    """The call_expert tool, as τ²-bench's generate() reads a tool: by its OpenAI schema."""
+
+    name: str
+    openai_schema: dict[str, Any]
+
+
+def expert_tool(experts: Sequence[Expert]) -> ExpertTool:
+    """The tool the agent gets when it has experts: it names the expert that takes this turn."""
+    listing = "\n".join(f"- {e.name}: {e.description}" for e in experts)
+    return ExpertTool(EXPERT_TOOL, {"type": "function", "function": {
+        "name": EXPERT_TOOL,
+        "description": "Hand this turn to an expert model. It sees the conversation, the policy and your "
+                       "other tools, and its reply (a message or tool calls) is sent in your place. "
+                       f"Experts:\n{listing}",
+        "parameters": {"type": "object", "required": ["expert"], "properties": {
+            "expert": {"type": "string", "enum": [e.name for e in experts], "description": "the expert to call"}}}}})
+
+
+@dataclass
+class ExpertDesk:
+    """One simulation's experts: the call_expert tool, and the call that hands the agent's turn to one of
+    them, through the expert's pool (its server held for the whole conversation, faults handled by its
+    CallGuard). The expert gets the agent's system prompt without the addendum, the history and the
+    domain's tools (not call_expert); its reply takes the agent's turn, marked with its name."""
+
+    experts: dict[str, Expert]
+    guard_for: Callable[[str], CallGuard]  # the expert's guard, its lease taken at its first call
+    addendum: str
+    llm_args: dict[str, Any]
+
+    @property
+    def tool(self) -> ExpertTool:
+        return expert_tool(list(self.experts.values()))
+
+    def wanted(self, reply: Any) -> bool:
+        return any(call.name == EXPERT_TOOL and call.arguments.get("expert") in self.experts
+                   for call in reply.tool_calls or [])
+
+    def hand_over(self, agent: Any, reply: Any, state: Any) -> Any:
+        from tau2.data_model.message import SystemMessage
+        from tau2.utils.llm_utils import generate
+
+        call = next(c for c in reply.tool_calls if c.name == EXPERT_TOOL and c.arguments.get("expert") in self.experts)
+        expert, guard = self.experts[call.arguments["expert"]], self.guard_for(call.arguments["expert"])
+        system = SystemMessage(role="system", content=agent.system_prompt.replace(f"\n\n{self.addendum}", ""))
+        history = [system, *state.messages[:-1]]
+        tools = [t for t in agent.tools if t.name != EXPERT_TOOL]
+
+        def attempt() -> Any:
+            where = {"api_base": guard.lease.url} if guard.lease else {}
+            return generate(model=expert.model, messages=history, tools=tools, **self.llm_args, **where)
+
+        answer = guard.call(attempt, rollback=lambda: None)
+        answer.raw_data = {"expert": expert.name, "expert_model": expert.model,
+                           "orchestrator": {"usage": reply.usage, "cost": reply.cost,
+                                            "call": {"name": call.name, "arguments": call.arguments}},
+                           "expert_response": answer.raw_data}
+        state.messages[-1] = answer
+        return answer
+
+
 def load_tasks(tau2_run: Any, domain: str, settings: EvalSettings) -> list:
-    """The domain's tasks as `tau2 run` picks them: the 'base' split where there is one."""
-    splits = tau2_run.load_task_splits(domain)
-    split = "base" if splits and "base" in splits else None
+    """The domain's tasks as `tau2 run` picks them: its task set (--task-set-name, else the domain's own)
+    and split (--task-split-name, 'base' by default where the set has splits); only the tasks a
+    ground-truth or solo agent can run, as `tau2 run` keeps."""
+    task_set = settings.task_set_name or domain
+    known = tau2_run.get_options().task_sets
+    if task_set not in known:
+        raise UsageError(f"unknown task set {task_set!r}; τ²-bench has {', '.join(known)}")
+    splits = tau2_run.load_task_splits(task_set)
+    split = settings.task_split_name if splits and settings.task_split_name in splits else None
+    if split is None and settings.task_split_name != "base":
+        raise UsageError(f"task set {task_set} has no split {settings.task_split_name!r}"
+                         + (f"; it has {', '.join(splits)}" if splits else ""))
     try:
-        return tau2_run.get_tasks(domain, task_split_name=split,
-                                  task_ids=list(settings.task_ids) if settings.task_ids else None,
-                                  num_tasks=settings.num_tasks)
+        tasks = tau2_run.get_tasks(task_set, task_split_name=split,
+                                   task_ids=list(settings.task_ids) if settings.task_ids else None,
+                                   num_tasks=settings.num_tasks)
     except ValueError as exc:
         raise UsageError(f"{domain}: {exc}") from None
+    if settings.agent != "llm_agent":
+        agent = tau2_run.registry.get_agent_constructor(ROUTED[settings.agent])
+        tasks = [task for task in tasks if agent.check_valid_task(task)]
+    return tasks
 
 
 def trial_seeds(seed: int, trials: int) -> list[int]:
@@ -1783,16 +2119,35 @@ def run_info(tau2_run: Any, plan: Plan, domain: str) -> Any:
     """τ²-bench's Info for a domain's results file. No endpoint and no key in it: endpoints change
     between resumed runs, keys must never be written."""
     return tau2_run.get_info(
-        domain=domain, agent=AGENT_IMPLEMENTATION, user=USER_IMPLEMENTATION,
-        llm_agent=hosted(plan.agent_name), llm_args_agent=plan.eval.llm_args(),
-        llm_user=plan.user_llm, llm_args_user=plan.eval.llm_args(),
-        num_trials=plan.eval.num_trials, max_steps=plan.eval.max_steps, max_errors=MAX_ERRORS,
+        domain=domain, agent=ROUTED[plan.eval.agent], user=ROUTED[plan.eval.user],
+        llm_agent=hosted(plan.agent_name), llm_args_agent=agent_setting(plan),
+        llm_user=plan.user_llm, llm_args_user=plan.eval.user_args(),
+        num_trials=plan.eval.num_trials, max_steps=plan.eval.max_steps, max_errors=plan.eval.max_errors,
         seed=plan.eval.seed)
+
+
+def agent_setting(plan: Plan) -> dict[str, Any]:
+    """The agent's sampling arguments as the results record them, with its experts and the policy
+    addendum's hash when it has experts (τ²-bench's Info has no field of its own for them), so that a
+    resume with other experts is refused like one with other sampling."""
+    if not plan.experts:
+        return plan.eval.agent_args()
+    import hashlib
+
+    return {**plan.eval.agent_args(), "run_local_experts": {e.name: e.model for e in plan.experts},
+            "run_local_policy_addendum_sha256": hashlib.sha256(plan.policy_addendum.encode()).hexdigest()[:16]}
+
+
+def stock_name(implementation: str) -> str:
+    """τ²-bench's name of an implementation a results file records (ours are its own, routed)."""
+    return next((stock for stock, ours in ROUTED.items() if ours == implementation), implementation)
 
 
 def comparable_fields(info: dict, task_ids: list[str]) -> dict[str, Any]:
     """What must match for old and new simulations to be scored together."""
     return {
+        "agent": stock_name(info["agent_info"]["implementation"]),
+        "user": stock_name(info["user_info"]["implementation"]),
         "agent model": info["agent_info"]["llm"], "agent llm args": info["agent_info"].get("llm_args"),
         "user model": info["user_info"]["llm"], "user llm args": info["user_info"].get("llm_args"),
         "max steps": info["max_steps"], "max errors": info["max_errors"], "seed": info["seed"],
@@ -1865,15 +2220,19 @@ class Evaluation:
     stopping: threading.Event = field(default_factory=threading.Event)  # the run is stopping: give up, say nothing
     health: EndpointHealth = field(default_factory=EndpointHealth)
     pacers: dict[str, Pacer] = field(default_factory=dict)
+    expert_pools: dict[str, Router] = field(default_factory=dict)  # experts reached at servers
 
     def __post_init__(self) -> None:
         e = self.plan.eval
+        self.expert_pools = {x.name: Router(x.urls) for x in self.plan.experts if x.urls}
         self.pacers = {"agent": Pacer("agent pool", e.max_concurrency, None, self.event),
                        "user": Pacer("user simulator", e.faults.user_max_concurrency or e.max_concurrency,
-                                     e.faults.user_max_rpm, self.event)}
+                                     e.faults.user_max_rpm, self.event),
+                       **{x.name: Pacer(f"expert {x.name}", e.max_concurrency, None, self.event)
+                          for x in self.plan.experts}}
 
     def pools(self) -> list[Router]:
-        return [p for p in (self.agent_pool, self.user_pool) if p is not None]
+        return [p for p in (self.agent_pool, self.user_pool, *self.expert_pools.values()) if p is not None]
 
     def on_dead(self, url: str) -> None:
         """A server stopped answering: out of every pool, said once."""
@@ -1884,22 +2243,33 @@ class Evaluation:
         self.events.append(f"{now_iso()} {text}")
         self.say(text)
 
-    def call_args(self) -> dict[str, Any]:
+    def call_args(self, sampling: dict[str, Any]) -> dict[str, Any]:
         """Sampling, plus what our guard needs: no retries inside litellm or the OpenAI client (the guard
         retries, and counts), and a timeout per call."""
-        return {**self.plan.eval.llm_args(), "num_retries": 0, "max_retries": 0,
-                "timeout": self.plan.eval.faults.request_timeout}
+        return {**sampling, "num_retries": 0, "max_retries": 0, "timeout": self.plan.eval.faults.request_timeout}
 
     @contextlib.contextmanager
-    def guards(self, stats: Counter) -> Iterator[tuple[CallGuard, CallGuard]]:
-        """The agent's and the user simulator's guards of one simulation, sharing its retry budget."""
+    def guards(self, stats: Counter) -> Iterator[tuple[CallGuard, CallGuard, ExpertDesk | None]]:
+        """One simulation's guards (the agent's, the user simulator's, and an expert's at its first call),
+        sharing its retry budget; each holds a server of its pool until the simulation ends."""
         budget = [0.0, self.plan.eval.faults.retry_timeout]
-        with Lease(self.agent_pool, self.on_dead) as agent, \
-                (Lease(self.user_pool, self.on_dead) if self.user_pool else contextlib.nullcontext()) as user:
-            yield (CallGuard("agent", agent, self.plan.agent_name, self.pacers["agent"], self.health, budget,
-                             stats, self.stopping),
-                   CallGuard("user", user, self.plan.user_llm, self.pacers["user"], self.health, budget,
-                             stats, self.stopping))
+        with contextlib.ExitStack() as held:
+            def guard(side: str, pool: Router | None, model: str, pacer: str) -> CallGuard:
+                lease = held.enter_context(Lease(pool, self.on_dead)) if pool else None
+                return CallGuard(side, lease, model, self.pacers[pacer], self.health, budget, stats, self.stopping)
+
+            experts = {x.name: x for x in self.plan.experts}
+            taken: dict[str, CallGuard] = {}
+
+            def guard_for(name: str) -> CallGuard:
+                if name not in taken:
+                    taken[name] = guard(f"expert {name}", self.expert_pools.get(name), experts[name].model, name)
+                return taken[name]
+
+            desk = ExpertDesk(experts, guard_for, self.plan.policy_addendum,
+                              self.call_args(self.plan.eval.agent_args())) if experts else None
+            yield (guard("agent", self.agent_pool, self.plan.agent_name, "agent"),
+                   guard("user", self.user_pool, self.plan.user_llm, "user"), desk)
 
     def run_one(self, job: Job) -> Outcome:
         """One simulation with stock τ²-bench. What a failure means is judged per call (judge_failure):
@@ -1908,16 +2278,19 @@ class Evaluation:
         cannot be got past, leaves the simulation undone."""
         stats: Counter = Counter()
         try:
-            with self.guards(stats) as (agent, user):
+            e = self.plan.eval
+            with self.guards(stats) as (agent, user, desk):
+                agent_args = {**self.call_args(e.agent_args()), "guard": agent, **({"experts": desk} if desk else {})}
+                user_args = {**self.call_args(e.user_args()), "guard": user}
                 simulation = self.tau2.run_task(
-                    domain=job.domain, task=job.task, agent=AGENT_IMPLEMENTATION, user=USER_IMPLEMENTATION,
-                    llm_agent=hosted(self.plan.agent_name), llm_args_agent={**self.call_args(), "guard": agent},
-                    llm_user=self.plan.user_llm, llm_args_user={**self.call_args(), "guard": user},
-                    max_steps=self.plan.eval.max_steps, max_errors=MAX_ERRORS, seed=job.seed)
+                    domain=job.domain, task=job.task, agent=ROUTED[e.agent], user=ROUTED[e.user],
+                    llm_agent=hosted(self.plan.agent_name), llm_args_agent=agent_args,
+                    llm_user=self.plan.user_llm, llm_args_user=user_args,
+                    max_steps=e.max_steps, max_errors=e.max_errors, seed=job.seed)
             simulation.trial = job.trial
             return Outcome(job, simulation, stats)
-        except ModelFailure as exc:
-            if exc.side == "agent":
+        except ModelFailure as exc:  # the agent's or an expert it chose: the agent's; the user's: not scored
+            if exc.side != "user":
                 return Outcome(job, failed_simulation(job, exc.verdict.kind, exc.verdict.detail), stats)
             return Outcome(job, self.not_scored(job, "user_simulator_error", exc.verdict.detail), stats)
         except MachineryFailure as exc:
@@ -2014,16 +2387,20 @@ def watch_fleet(ev: Evaluation, fleet: Fleet | None, restart_dead: bool) -> None
 
 
 def write_live_config(ev: Evaluation) -> None:
-    write_model_config(ev.plan.config_path, config_pools(ev.plan, ev.agent_pool.live,
-                                                         ev.user_pool.live if ev.user_pool else set()))
+    write_model_config(ev.plan.config_path, config_pools(ev.plan, set().union(*(p.live for p in ev.pools()))))
 
 
-def config_pools(plan: Plan, agent_live: set[str] | None = None, user_live: set[str] | None = None) -> dict[str, list[str]]:
-    """The endpoint file's pools: the agent's, and a local user server's under its served name."""
-    pools = {plan.agent_name: [u for u in plan.agent_urls if agent_live is None or u in agent_live]}
+def config_pools(plan: Plan, live: set[str] | None = None) -> dict[str, list[str]]:
+    """The endpoint file's pools, each under its served name: the agent's, a local user server's, and
+    the experts served by this fleet; only live servers once the run is under way."""
+    def listed(urls: Sequence[str]) -> list[str]:
+        return [u for u in urls if live is None or u in live]
+
+    pools = {plan.agent_name: listed(plan.agent_urls)}
     user_name = plan.user_llm.removeprefix("hosted_vllm/")
     if plan.user_urls and user_name != plan.agent_name:
-        pools[user_name] = [u for u in plan.user_urls if user_live is None or u in user_live]
+        pools[user_name] = listed(plan.user_urls)
+    pools |= {e.name: listed(e.urls) for e in plan.experts if e.source == "served"}
     return pools
 
 
@@ -2144,28 +2521,58 @@ def score(simulations: Sequence[Any]) -> dict[str, Any]:
     return {"avg_reward": sum(rewards) / len(rewards) if rewards else None, "pass_hat_k": pass_k}
 
 
-def tokens(simulations: Sequence[Any], role: str) -> dict[str, int]:
-    """Prompt and completion tokens of one side's replies ('assistant': the agent, 'user': the simulator)."""
-    prompt = completion = 0
+def usage_by_model(simulations: Sequence[Any]) -> dict[str, dict[str, int]]:
+    """Prompt and completion tokens per side: 'agent', 'user' and each expert by name. An expert's turn
+    carries the expert's usage, and under raw_data['orchestrator'] that of the agent's call that chose it."""
+    used: dict[str, dict[str, int]] = {}
+
+    def add(side: str, usage: dict | None) -> None:
+        entry = used.setdefault(side, {"prompt": 0, "completion": 0})
+        entry["prompt"] += int((usage or {}).get("prompt_tokens", 0) or 0)
+        entry["completion"] += int((usage or {}).get("completion_tokens", 0) or 0)
+
+    add("agent", None)
+    add("user", None)
     for sim in simulations:
         for msg in sim.messages:
-            usage = getattr(msg, "usage", None) if getattr(msg, "role", None) == role else None
-            if usage:
-                prompt += int(usage.get("prompt_tokens", 0) or 0)
-                completion += int(usage.get("completion_tokens", 0) or 0)
-    return {"prompt": prompt, "completion": completion}
+            role, raw = getattr(msg, "role", None), getattr(msg, "raw_data", None)
+            if role == "assistant" and isinstance(raw, dict) and "expert" in raw:
+                add(raw["expert"], msg.usage)
+                add("agent", raw.get("orchestrator", {}).get("usage"))
+            elif role in ("assistant", "user"):
+                add("agent" if role == "assistant" else "user", getattr(msg, "usage", None))
+    return used
 
 
-def api_cost(model: str, used: dict[str, int]) -> float | str:
-    """Dollars for a hosted model from litellm's bundled price map; 'unknown' for one it does not price
-    (a model on our own servers among them)."""
+def expert_calls(simulations: Sequence[Any]) -> dict[str, int]:
+    """Turns the agent handed to each expert."""
+    return dict(Counter(m.raw_data["expert"] for s in simulations for m in s.messages
+                        if getattr(m, "role", None) == "assistant" and isinstance(getattr(m, "raw_data", None), dict)
+                        and "expert" in m.raw_data))
+
+
+def api_cost(model: str, used: dict[str, int], prices: Sequence[tuple[str, float, float]] = ()) -> float | str:
+    """Dollars for a model: the price the user gave (--price, --expert-info; $ per million tokens), else
+    litellm's bundled price map for a hosted model; 'unknown' for one neither prices (a local one)."""
     import litellm
 
+    given = next(((i, o) for name, i, o in prices if name in (model, model.removeprefix("hosted_vllm/"))), None)
+    if given:
+        return round((used["prompt"] * given[0] + used["completion"] * given[1]) / 1e6, 6)
     price = None if model.startswith("hosted_vllm/") else litellm.model_cost.get(model)
     if not price or "input_cost_per_token" not in price:
         return "unknown"
     return round(used["prompt"] * price["input_cost_per_token"]
                  + used["completion"] * price.get("output_cost_per_token", 0.0), 6)
+
+
+def costs(used: dict[str, dict[str, int]], models: dict[str, str], prices: Sequence[tuple[str, float, float]],
+          rewards: float) -> dict[str, Any]:
+    """Cost per model, the total, and the point of an orchestrator: reward per dollar."""
+    cost = {side: api_cost(models.get(side, side), tokens, prices) for side, tokens in used.items()}
+    total = add_up(cost.values())
+    return {"cost_usd": cost, "total_cost_usd": total,
+            "reward_per_dollar": round(rewards / total, 4) if isinstance(total, float) and total > 0 else None}
 
 
 def failure_counts(run: DomainRun) -> dict[str, int]:
@@ -2185,9 +2592,9 @@ def failure_counts(run: DomainRun) -> dict[str, int]:
     }
 
 
-def domain_summary(run: DomainRun, models: dict[str, str]) -> dict[str, Any]:
+def domain_summary(run: DomainRun, models: dict[str, str], prices: Sequence[tuple[str, float, float]] = ()) -> dict[str, Any]:
     sims = run.results.simulations
-    used = {side: tokens(sims, role) for side, role in (("agent", "assistant"), ("user", "user"))}
+    used = usage_by_model(sims)
     return {
         "tasks": len({t.id for t in run.results.tasks}), "trials": run.results.info.num_trials,
         "simulations": len(sims), "expected_simulations": run.total, "not_scored": run.total - len(sims),
@@ -2195,8 +2602,8 @@ def domain_summary(run: DomainRun, models: dict[str, str]) -> dict[str, Any]:
         "termination_reasons": dict(Counter(str(s.termination_reason.value) for s in sims)),
         "failures": failure_counts(run),
         "wall_time_s": round(max(run.finished_at - run.started_at, 0.0), 1) if run.started_at else 0.0,
-        "agent_tokens": used["agent"], "user_tokens": used["user"],
-        "cost_usd": {side: api_cost(models[side], used[side]) for side in used},
+        "tokens": used, "expert_calls": expert_calls(sims),
+        **costs(used, models, prices, sum(sim_reward(s) for s in sims)),
         "status": "failed" if run.error else ("complete" if len(sims) >= run.total else "incomplete"),
         **({"error": run.error} if run.error else {}),
     }
@@ -2208,10 +2615,11 @@ def add_up(values: Iterable[float | str]) -> float | str:
 
 
 def summarize(ev: Evaluation, wall_s: float) -> dict[str, Any]:
-    models = {"agent": hosted(ev.plan.agent_name), "user": ev.plan.user_llm}
-    domains = {name: domain_summary(run, models) for name, run in ev.runs.items()}
+    models = {"agent": hosted(ev.plan.agent_name), "user": ev.plan.user_llm, **{e.name: e.model for e in ev.plan.experts}}
+    domains = {name: domain_summary(run, models, ev.plan.prices) for name, run in ev.runs.items()}
     all_sims = [(name, s) for name, run in ev.runs.items() for s in run.results.simulations]
     overall_sims = [_Tagged(f"{name}/{s.task_id}", s) for name, s in all_sims]
+    used = usage_by_model([s for _, s in all_sims])
     total = lambda key: {k: sum(d[key][k] for d in domains.values()) for k in next(iter(domains.values()))[key]}
     overall = {
         "tasks": sum(d["tasks"] for d in domains.values()), "simulations": len(all_sims),
@@ -2219,8 +2627,8 @@ def summarize(ev: Evaluation, wall_s: float) -> dict[str, Any]:
         "not_scored": sum(d["not_scored"] for d in domains.values()), **score(overall_sims),
         "termination_reasons": dict(sum((Counter(d["termination_reasons"]) for d in domains.values()), Counter())),
         "failures": total("failures"), "wall_time_s": round(wall_s, 1),
-        "agent_tokens": total("agent_tokens"), "user_tokens": total("user_tokens"),
-        "cost_usd": {side: add_up(d["cost_usd"][side] for d in domains.values()) for side in models},
+        "tokens": used, "expert_calls": dict(sum((Counter(d["expert_calls"]) for d in domains.values()), Counter())),
+        **costs(used, models, ev.plan.prices, sum(sim_reward(s) for _, s in all_sims)),
         "rate_limited_calls": {side: pacer.rate_limited_calls for side, pacer in ev.pacers.items()},
     }
     routing = {url: ev.agent_pool.served[url] for url in ev.agent_pool.urls}
@@ -2257,9 +2665,13 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     lines += ["", "Termination reasons: " + (", ".join(f"{k} {v}" for k, v in sorted(reasons.items())) or "none")]
     lines += ["", "Failures (the model's are scored 0; the user simulator's and the machinery's are not scored): "
               + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in overall["failures"].items())]
-    lines += ["", "Tokens and API cost: " + "; ".join(
-        f"{side} {overall[f'{side}_tokens']['prompt']} prompt + {overall[f'{side}_tokens']['completion']} completion, "
-        + (f"${cost:.4f}" if isinstance(cost, float) else "cost unknown") for side, cost in overall["cost_usd"].items())]
+    lines += ["", "Tokens and cost: " + "; ".join(
+        f"{side} {overall['tokens'][side]['prompt']} prompt + {overall['tokens'][side]['completion']} completion, "
+        + (f"${cost:.4f}" if isinstance(cost, float) else "cost unknown") for side, cost in overall["cost_usd"].items())
+        + (f"; total ${overall['total_cost_usd']:.4f}, reward per dollar {overall['reward_per_dollar']}"
+           if isinstance(overall["total_cost_usd"], float) else "")]
+    if overall["expert_calls"]:
+        lines += ["", "Expert calls: " + ", ".join(f"{k} {v}" for k, v in sorted(overall["expert_calls"].items()))]
     if summary["server_events"]:
         lines += ["", "Server events:", *[f"- {e}" for e in summary["server_events"]]]
     return "\n".join(lines) + "\n"
@@ -2944,8 +3356,8 @@ def describe_plan(plan: Plan) -> str:
             indent = "    " if node else "  "
             if node:
                 lines.append(f"  node {node} (clients reach it at {on_node[0].address}):")
-            lines += [f"{indent}{s.role:5} port {s.port}  GPUs {','.join(s.gpus) or 'cpu':8} lane {s.lane}"
-                      for s in on_node]
+            lines += [f"{indent}{s.role:6} {s.served_name if s.role == 'expert' else '':10} port {s.port}  "
+                      f"GPUs {','.join(s.gpus) or 'cpu':8} lane {s.lane}" for s in on_node]
         lines.append("server commands:")
         lines += [f"  {s.shell_command()}" for s in plan.servers]
     else:
@@ -2955,20 +3367,31 @@ def describe_plan(plan: Plan) -> str:
     doc = {name: [{"ip_addr": h, "port": p} for h, p in map(split_url, urls)] for name, urls in pools.items()}
     lines += ["  " + line for line in json.dumps(doc, indent=2).splitlines()]
     lines.append(f"user simulator: {plan.user_llm}" + (f" at {', '.join(plan.user_urls)}" if plan.user_urls else ""))
+    if plan.experts:
+        lines.append("experts (the agent's call_expert tool hands them its turn):")
+        lines += [f"  {x.name}: {x.model} ({x.source}{': ' + ', '.join(x.urls) if x.urls else ''}) - {x.description}"
+                  for x in plan.experts]
+        lines.append("call_expert tool schema:")
+        lines += ["  " + line for line in json.dumps(expert_tool(plan.experts).openai_schema, indent=2).splitlines()]
+        lines.append(f"agent policy addendum, from {plan.addendum_source}:")
+        lines += ["  " + line for line in plan.policy_addendum.splitlines()]
     e = plan.eval
     lines.append(f"simulations: domains {' '.join(e.domains)}, trials {e.num_trials}, max steps {e.max_steps}, "
                  f"concurrency {e.max_concurrency}{', domains in parallel' if e.parallel_domains else ''}; "
                  f"results in {e.output_dir}")
     lines.append("benchmark: stock τ²-bench run_task per simulation, each conversation on the least busy "
-                 "server; the one-endpoint equivalent with τ²-bench's CLI:")
+                 "server; the one-endpoint equivalent with τ²-bench's CLI"
+                 + (" (which has no experts: the agent alone):" if plan.experts else ":"))
     for domain in e.domains:
-        user_args = {**({"api_base": plan.user_urls[0]} if plan.user_urls else {}), **e.llm_args()}
-        agent_args = {"api_base": plan.agent_urls[0] if plan.agent_urls else "", **e.llm_args()}
-        cmd = ["tau2", "run", "--domain", domain, "--agent-llm", hosted(plan.agent_name),
-               "--agent-llm-args", json.dumps(agent_args),
+        user_args = {**({"api_base": plan.user_urls[0]} if plan.user_urls else {}), **e.user_args()}
+        agent_args = {"api_base": plan.agent_urls[0] if plan.agent_urls else "", **e.agent_args()}
+        cmd = ["tau2", "run", "--domain", domain, "--agent", e.agent, "--user", e.user,
+               "--agent-llm", hosted(plan.agent_name), "--agent-llm-args", json.dumps(agent_args),
                "--user-llm", plan.user_llm, "--user-llm-args", json.dumps(user_args),
-               "--num-trials", str(e.num_trials), "--max-steps", str(e.max_steps), "--seed", str(e.seed),
-               "--max-concurrency", str(e.max_concurrency)]
+               "--num-trials", str(e.num_trials), "--max-steps", str(e.max_steps), "--max-errors",
+               str(e.max_errors), "--seed", str(e.seed), "--max-concurrency", str(e.max_concurrency),
+               *(["--task-set-name", e.task_set_name] if e.task_set_name else []),
+               "--task-split-name", e.task_split_name]
         if e.num_tasks:
             cmd += ["--num-tasks", str(e.num_tasks)]
         if e.task_ids:

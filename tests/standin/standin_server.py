@@ -60,11 +60,15 @@ fault-injection tests; what a fault does never changes the scripted replies:
   STANDIN_RATE_LIMIT=N              at most N requests in any 1 s; more are refused with 429
   STANDIN_RETRY_AFTER=s             Retry-After of every 429 (default 1)
   STANDIN_FAULT_SEED=n              seed of STANDIN_429_RATE (default 0)
+An orchestrator (the agent's request offers a call_expert tool):
+  STANDIN_CALL_EXPERT=name          every agent turn is call_expert(expert=name); the expert, asked
+                                    without that tool, replays the gold actions as usual
 Failures of the model (never limited to STANDIN_FAULT_PORTS: they are the model's doing):
   STANDIN_CONTEXT_OVERFLOW=a,b      the agent's turns of these tasks are vLLM's HTTP 400
                                     "maximum context length" error
   STANDIN_USER_OVERFLOW=a,b         the same for the user simulator's turns
-/stats counts what was refused: refused_429, errors_500, resets, hangs.
+/stats counts what was refused: refused_429, errors_500, resets, hangs; and lists the sampling
+arguments each role sent (sampling: role -> distinct {temperature, top_p, max_tokens, seed?}).
 """
 
 from __future__ import annotations
@@ -308,6 +312,7 @@ class State:
         self.started = time.time()
         self.faults = RequestFaults() if faults_on else None
         self.refused = {"refused_429": 0, "errors_500": 0, "resets": 0, "hangs": 0}
+        self.sampling: dict[str, list] = {}
 
 
 class RequestFaults:
@@ -400,6 +405,7 @@ class Handler(BaseHTTPRequestHandler):
                     "port": st.port,
                     "pid": os.getpid(),
                     **st.refused,
+                    "sampling": st.sampling,
                 })
         else:
             self._send(404, {"detail": "Not Found"})
@@ -463,13 +469,26 @@ class Handler(BaseHTTPRequestHandler):
         first_user = next((_content_text(m) for m in messages if m.get("role") == "user"), "")
         key = hashlib.sha256((system + "\x00" + first_user).encode()).hexdigest()[:16]
         role = detect_role(system)
+        seen = {k: req[k] for k in ("temperature", "top_p", "max_tokens") if k in req}
+        with st.lock:
+            if seen not in st.sampling.setdefault(role, []):
+                st.sampling[role].append(seen)
         if st.faults and self._fault(st.faults.pick(role)):
             return
+        expert = _env("STANDIN_CALL_EXPERT")
+        offered = {((t.get("function") or {}).get("name")) for t in req.get("tools") or []}
+        if role == "agent" and expert and "call_expert" in offered:
+            role = "orchestrator"
         try:
             if role == "user":
                 msg, task_ref = user_turn(system, messages)
             elif role == "agent":
                 msg, task_ref = agent_turn(messages, req.get("tools"), key)
+            elif role == "orchestrator":
+                calls = sum(len(m.get("tool_calls") or []) for m in messages if m.get("role") == "assistant")
+                msg = {"content": None, "tool_calls": [_tool_call(f"chatcmpl-tool-{key[:12]}-x{calls}", "call_expert",
+                                                                  json.dumps({"expert": expert}))]}
+                task_ref = None
             else:
                 msg, task_ref = {"content": UNKNOWN_TEXT}, None
         except Exception as e:  # never 500 silently: report like vLLM would
