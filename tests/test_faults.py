@@ -161,7 +161,7 @@ def test_an_endpoint_that_only_fails_stops_the_domain_and_a_rerun_finishes(tmp_p
     assert domain["status"] == "failed" and domain["not_scored"] == TASKS and domain["simulations"] == 0
     assert domain["failures"]["infrastructure_undone"] >= 1
     assert domain["failures"]["infrastructure_undone"] + domain["failures"]["not_started"] == TASKS
-    assert f"user endpoint http://127.0.0.1:{user}/v1 answered nothing but errors" in result.stderr
+    assert f"user endpoint http://127.0.0.1:{user}/v1 answered nothing but errors for the whole retry window" in result.stderr
     assert "InternalServerError" in result.stderr  # the last error, named
     side = json.loads((tmp_path / "out" / f"{DOMAIN}.not_scored.json").read_text())
     assert side and all(entry["reason"] == "infrastructure" for entry in side)

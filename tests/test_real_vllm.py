@@ -59,7 +59,7 @@ def test_real_vllm_end_to_end(tmp_path: Path):
     assert all(len(s.messages) > 1 or s.termination_reason.value == "agent_error" for s in results.simulations)
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["domains"]["mock"]["avg_reward"] == compute_metrics(results).avg_reward
-    assert summary["domains"]["mock"]["agent_tokens"]["completion"] > 0  # a real model answered
+    assert summary["domains"]["mock"]["tokens"]["agent"]["completion"] > 0  # a real model answered
     assert not vllm_processes_of(TINY_MODEL)
 
 
