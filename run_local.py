@@ -55,6 +55,10 @@ SECRET_ENV_SUFFIXES = ("_API_KEY", "_TOKEN", "_SECRET")
 SECRET_FLAG_WORDS = {"key", "token", "secret", "password"}
 SEED_SCRIPT_SERVERS = 4  # the seed script's default server count, capped to the GPUs available
 CPU_KV_CACHE_GIB = "2"  # KV cache per server on a machine without GPU
+SHARED_GPU_MEMORY = 0.85  # share of a GPU that the servers sharing it split between them
+KV_HEADROOM_BYTES = 4 * 2**30  # beside weights and KV cache: activations, CUDA graphs, CUDA context
+MIN_KV_CACHE_BYTES = 2**30  # less than this left for the KV cache: let vLLM profile instead
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
 EXAMPLES = """\
 examples:
@@ -192,9 +196,10 @@ class ServerSpec:
     host: str
     port: int
     gpus: tuple[str, ...]  # CUDA_VISIBLE_DEVICES ids; () on a machine without GPU
-    lane: int  # servers of one lane share devices, so they start one after another
+    lane: int  # servers of one lane share devices: they start in turn unless each has a fixed KV cache
     argv: tuple[str, ...]
     env: tuple[tuple[str, str], ...]
+    kv_cache_bytes: int | None = None  # fixed KV cache: vLLM skips memory profiling, so no start race
 
     @property
     def url(self) -> str:
@@ -307,7 +312,21 @@ def memory_share(servers_on_group: int, asked: float | None) -> float | None:
     """vLLM's memory share per server: the user's, vLLM's default when alone, a safe split when shared."""
     if asked is not None:
         return asked
-    return None if servers_on_group == 1 else round(0.85 / servers_on_group, 3)
+    return None if servers_on_group == 1 else round(SHARED_GPU_MEMORY / servers_on_group, 3)
+
+
+def kv_cache_bytes(gpu_mib: int | None, sharers: int, share: float | None, weight_bytes: int | None) -> int | None:
+    """A fixed KV-cache size for a server that shares its GPU: its memory share (the user's
+    --gpu-memory-utilization, else an even split) less its weights and headroom for activations.
+
+    With it vLLM skips memory profiling, which reads free memory while a neighbour allocates (the race
+    that kills one of two servers started together), so sharers can start at the same moment. None,
+    and vLLM profiles as before, where the GPU is not shared, a size is unknown or too little is left.
+    """
+    if sharers < 2 or share is None or not gpu_mib or not weight_bytes:
+        return None
+    kv = int(gpu_mib * 2**20 * share - weight_bytes * 1.1 - KV_HEADROOM_BYTES)
+    return kv if kv >= MIN_KV_CACHE_BYTES else None
 
 
 def place_servers(args: argparse.Namespace, visible: tuple[str, ...]) -> list[tuple[str, tuple[str, ...]]]:
@@ -375,7 +394,7 @@ def assign_lanes(gpu_sets: Sequence[tuple[str, ...]]) -> list[int]:
 
 
 def vllm_argv(model: str, served: str, host: str, port: int, tp: int, mem: float | None,
-              args: argparse.Namespace, agent: bool) -> tuple[str, ...]:
+              args: argparse.Namespace, agent: bool, kv_bytes: int | None = None) -> tuple[str, ...]:
     """The exact vLLM command for one server. Tool calling is on for every server (in telecom the user
     simulator calls tools too); the chat template and reasoning parser are the agent's alone."""
     argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
@@ -383,8 +402,10 @@ def vllm_argv(model: str, served: str, host: str, port: int, tp: int, mem: float
             "--enable-auto-tool-choice", "--tool-call-parser", args.tool_call_parser]
     if tp > 1:
         argv += ["--tensor-parallel-size", str(tp)]
-    if mem is not None:
+    if mem is not None:  # kept beside a fixed KV cache: vLLM checks it against free memory at start
         argv += ["--gpu-memory-utilization", str(mem)]
+    if kv_bytes is not None:
+        argv += ["--kv-cache-memory-bytes", str(kv_bytes)]
     if args.max_model_len:
         argv += ["--max-model-len", str(args.max_model_len)]
     if agent and args.reasoning_parser:
@@ -396,37 +417,50 @@ def vllm_argv(model: str, served: str, host: str, port: int, tp: int, mem: float
     return tuple(argv)
 
 
-def server_env(gpus: tuple[str, ...], lane: int, cache_root: str, cpu_kv_gib: str) -> tuple[tuple[str, str], ...]:
+def server_env(gpus: tuple[str, ...], lane: int, cache_root: str, cpu_kv_gib: str,
+               together: int = 0) -> tuple[tuple[str, str], ...]:
     """Per-server environment: its GPUs, and a compile cache per lane.
 
     Servers of one lane start one after another, so the first warms the cache for the rest; lanes start
-    at once, and never write the same cache (concurrent torch.compile writes have corrupted caches).
+    at once, and never write the same cache (concurrent torch.compile writes have corrupted caches). A
+    server that starts together with earlier ones of its lane (`together`: how many) gets its own.
     On the CPU a fixed KV-cache size: vLLM's CPU build otherwise reserves 92% of the memory node and
     refuses to start when other processes hold some of it.
     """
-    cache = ("VLLM_CACHE_ROOT", f"{cache_root}/run_local/lane{lane}")
+    cache = ("VLLM_CACHE_ROOT", f"{cache_root}/run_local/lane{lane}" + (f"-{together}" if together else ""))
     if gpus:
         return (("CUDA_VISIBLE_DEVICES", ",".join(gpus)), cache)
     return (("VLLM_CPU_KVCACHE_SPACE", cpu_kv_gib), cache)
 
 
 def build_servers(args: argparse.Namespace, visible: tuple[str, ...], ports: Iterator[int],
-                  cache_root: str, cpu_kv_gib: str) -> tuple[ServerSpec, ...]:
-    """The fleet: placement, lanes, ports and commands, with no process started."""
+                  cache_root: str, cpu_kv_gib: str, gpu_mib: dict[str, int] | None = None,
+                  weight_bytes: dict[str, int] | None = None) -> tuple[ServerSpec, ...]:
+    """The fleet: placement, lanes, ports, KV-cache sizes and commands, with no process started.
+
+    gpu_mib (GPU id -> total MiB) and weight_bytes (model folder -> bytes of weights) size the KV cache
+    of servers that share a GPU; without them those servers profile memory and start in turn."""
     placed = place_servers(args, visible)
     lanes = assign_lanes([gpus for _, gpus in placed])
     load = Counter(g for _, gpus in placed for g in gpus)  # servers on each GPU
-    specs = []
+    specs: list[ServerSpec] = []
     for (role, gpus), lane in zip(placed, lanes):
         agent = role == "agent"
         model = args.agent_model if agent else args.user_model
         served = agent_served_name(args) if agent else args.user_model
         port = next(ports)
         tp = args.tensor_parallel_size if agent else args.user_tensor_parallel_size
-        mem = memory_share(max(load[g] for g in gpus), args.gpu_memory_utilization) if gpus else None
+        sharers = max((load[g] for g in gpus), default=1)
+        mem = memory_share(sharers, args.gpu_memory_utilization) if gpus else None
+        sizes = [(gpu_mib or {}).get(g) for g in gpus]
+        weights = (weight_bytes or {}).get(model)
+        kv = kv_cache_bytes(min(sizes) if sizes and None not in sizes else None, sharers, mem,
+                            weights // tp if weights else None)
+        earlier = [s for s in specs if s.lane == lane]
+        together = len(earlier) if kv and earlier and all(s.kv_cache_bytes for s in earlier) else 0
         specs.append(ServerSpec(role, model, served, args.host, port, gpus, lane,
-                                vllm_argv(model, served, args.host, port, tp, mem, args, agent),
-                                server_env(gpus, lane, cache_root, cpu_kv_gib)))
+                                vllm_argv(model, served, args.host, port, tp, mem, args, agent, kv),
+                                server_env(gpus, lane, cache_root, cpu_kv_gib, together), kv))
     return tuple(specs)
 
 
@@ -463,7 +497,8 @@ def eval_settings(args: argparse.Namespace, agent_servers: int) -> EvalSettings:
 
 
 def build_plan(args: argparse.Namespace, visible: tuple[str, ...], ports: Iterator[int],
-               config: dict[str, tuple[str, ...]], cache_root: str, cpu_kv_gib: str = CPU_KV_CACHE_GIB) -> Plan:
+               config: dict[str, tuple[str, ...]], cache_root: str, cpu_kv_gib: str = CPU_KV_CACHE_GIB,
+               gpu_mib: dict[str, int] | None = None, weight_bytes: dict[str, int] | None = None) -> Plan:
     """Turn arguments into a plan. Pure: the GPUs seen, the ports and a read endpoint file come in."""
     check_numbers(args)
     if args.skip_server_start:
@@ -475,7 +510,7 @@ def build_plan(args: argparse.Namespace, visible: tuple[str, ...], ports: Iterat
         if not args.agent_model:
             raise UsageError("--agent-model is required (or set $CKPT_DIR), unless --skip-server-start")
         agent_name = agent_served_name(args)
-        servers = build_servers(args, visible, ports, cache_root, cpu_kv_gib)
+        servers = build_servers(args, visible, ports, cache_root, cpu_kv_gib, gpu_mib, weight_bytes)
         agent_urls = tuple(s.url for s in servers if s.role == "agent")
         user_server_urls = tuple(s.url for s in servers if s.role == "user")
     user_llm, user_urls = resolve_user(args, agent_name, agent_urls, user_server_urls, config)
@@ -513,6 +548,32 @@ def visible_gpus(env: dict[str, str]) -> tuple[str, ...]:
     if inherited is None:
         return listed
     return tuple(x.strip() for x in inherited.split(",") if x.strip() and x.strip() != "-1")
+
+
+def gpu_memory_mib() -> dict[str, int]:
+    """Total memory of each GPU (nvidia-smi id -> MiB); empty where nvidia-smi does not say."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=index,memory.total", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    sizes = {}
+    for line in out.splitlines():
+        index, _, mib = line.partition(",")
+        if index.strip() and mib.strip().isdigit():
+            sizes[index.strip()] = int(mib.strip())
+    return sizes
+
+
+def model_weight_bytes(*folders: str | None) -> dict[str, int]:
+    """Bytes of weight files in each model folder (what the weights take on the GPU, near enough)."""
+    sizes = {}
+    for folder in filter(None, folders):
+        with contextlib.suppress(OSError):
+            total = sum(f.stat().st_size for f in Path(folder).iterdir() if f.suffix in WEIGHT_SUFFIXES)
+            if total:
+                sizes[folder] = total
+    return sizes
 
 
 def port_is_free(host: str, port: int) -> bool:
@@ -814,7 +875,8 @@ class Fleet:
     def _due(self, began: float) -> list[Server]:
         """Servers to launch now: with --stagger-delay on the old fixed clock, else as soon as every server
         before them on their GPUs has sized its KV cache (two servers profiling memory on one GPU at the
-        same moment make one of them fail)."""
+        same moment make one of them fail), or at once where they and those servers have a fixed KV cache
+        (no profiling, no race)."""
         waiting = [s for s in self.servers if s.state == "waiting"]
         if self.stagger is not None:
             launched = len(self.servers) - len(waiting)
@@ -822,7 +884,9 @@ class Fleet:
         due = []
         for server in waiting:
             lane = [s for s in self.servers if s.spec.lane == server.spec.lane]
-            if all(s.memory_settled() for s in lane[:lane.index(server)]):
+            fixed = server.spec.kv_cache_bytes is not None
+            if all(s.memory_settled() or (fixed and s.spec.kv_cache_bytes is not None)
+                   for s in lane[:lane.index(server)]):
                 due.append(server)
         return due
 
@@ -1551,9 +1615,11 @@ def describe_plan(plan: Plan) -> str:
     """The plan as a person reads it: placement, commands, endpoint file, and the stock equivalents."""
     lines = []
     if plan.servers:
-        lines.append("servers (a lane starts one server after another; lanes start together):")
+        lines.append("servers (lanes start together; in a lane, servers with a fixed KV cache start together, "
+                     "the others one after another):")
         for s in plan.servers:
-            lines.append(f"  {s.role:5} port {s.port}  GPUs {','.join(s.gpus) or 'cpu':8} lane {s.lane}")
+            kv = f"  KV cache {s.kv_cache_bytes / 2**30:.1f} GiB" if s.kv_cache_bytes else ""
+            lines.append(f"  {s.role:5} port {s.port}  GPUs {','.join(s.gpus) or 'cpu':8} lane {s.lane}{kv}")
         lines.append("server commands:")
         lines += [f"  {s.shell_command()}" for s in plan.servers]
     else:
@@ -1598,7 +1664,9 @@ def make_plan(args: argparse.Namespace, env: dict[str, str]) -> tuple[Plan, tupl
     ports = free_ports(args.host) if start is None else iter(range(start, 65536))
     cache_root = env.get("VLLM_CACHE_ROOT") or str(Path.home() / ".cache" / "vllm")
     cpu_kv_gib = env.get("VLLM_CPU_KVCACHE_SPACE") or CPU_KV_CACHE_GIB
-    return build_plan(args, visible, ports, config, cache_root, cpu_kv_gib), visible
+    gpu_mib = gpu_memory_mib() if visible else {}
+    weights = model_weight_bytes(args.agent_model, args.user_model) if visible else {}
+    return build_plan(args, visible, ports, config, cache_root, cpu_kv_gib, gpu_mib, weights), visible
 
 
 def install_signal_handlers() -> None:
