@@ -1501,6 +1501,28 @@ def agent_tokens(simulations: Sequence[Any]) -> dict[str, int]:
     return {"prompt": prompt, "completion": completion}
 
 
+def is_tool_call_text(text: Any) -> bool:
+    """Text holding a JSON object shaped like a tool call ({"name": ..., "arguments": {...}})."""
+    if not isinstance(text, str):
+        return False
+    decoder = json.JSONDecoder()
+    for start in (i for i, ch in enumerate(text) if ch == "{"):
+        with contextlib.suppress(ValueError):
+            obj, _ = decoder.raw_decode(text, start)
+            if isinstance(obj, dict) and isinstance(obj.get("name"), str) and (
+                    isinstance(obj.get("arguments"), dict) or isinstance(obj.get("parameters"), dict)):
+                return True
+    return False
+
+
+def unparsed_tool_calls(simulations: Iterable[Any]) -> int:
+    """Agent replies that carry a tool call as text and none as tool_calls: the server's tool-call parser
+    does not read the model's format."""
+    return sum(1 for sim in simulations for msg in sim.messages
+               if getattr(msg, "role", None) == "assistant" and not getattr(msg, "tool_calls", None)
+               and is_tool_call_text(getattr(msg, "content", None)))
+
+
 def domain_summary(run: DomainRun) -> dict[str, Any]:
     sims = run.results.simulations
     return {
@@ -1746,6 +1768,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     for run in runs.values():
         if run.error:
             print(f"run_local.py: {run.domain} failed: {run.error}", file=sys.stderr)
+    untaken = unparsed_tool_calls(sim for run in runs.values() for sim in run.results.simulations)
+    if untaken:
+        print(f"run_local.py: {untaken} agent replies hold a tool call as text (JSON with \"name\" and "
+              f"\"arguments\") that the servers' tool-call parser did not turn into a call; pick the model's "
+              f"parser with --tool-call-parser (now {args.tool_call_parser}; bare JSON calls: llama3_json)",
+              file=sys.stderr)
     console.print(f"results in {plan.eval.output_dir}/ (summary.json, summary.md, manifest.json)", markup=False)
     return code
 
