@@ -457,7 +457,8 @@ def build_servers(args: argparse.Namespace, visible: tuple[str, ...], ports: Ite
         kv = kv_cache_bytes(min(sizes) if sizes and None not in sizes else None, sharers, mem,
                             weights // tp if weights else None)
         earlier = [s for s in specs if s.lane == lane]
-        together = len(earlier) if kv and earlier and all(s.kv_cache_bytes for s in earlier) else 0
+        together = (len(earlier) if kv and earlier and args.stagger_delay is None
+                    and all(s.kv_cache_bytes for s in earlier) else 0)  # on the old clock they take turns
         specs.append(ServerSpec(role, model, served, args.host, port, gpus, lane,
                                 vllm_argv(model, served, args.host, port, tp, mem, args, agent, kv),
                                 server_env(gpus, lane, cache_root, cpu_kv_gib, together), kv))

@@ -255,6 +255,9 @@ def test_servers_sharing_a_gpu_get_a_fixed_kv_cache_and_their_own_compile_cache(
     # they start together, so no two of them may write one torch.compile cache
     caches = [dict(s.env)["VLLM_CACHE_ROOT"] for s in p.servers]
     assert len(set(caches)) == 4 and caches[0] == "/cache/run_local/lane0"
+    # on the old clock (--stagger-delay) they start in turn: the first warms the lane's cache for the next
+    staggered = shared_plan("--stagger-delay", "60")
+    assert len({dict(s.env)["VLLM_CACHE_ROOT"] for s in staggered.servers}) == 2
 
 
 def test_user_memory_share_wins_and_unknown_weights_keep_profiling():
