@@ -27,8 +27,8 @@ $(MODEL)/tiny_model_build.json:
 
 demo: model
 	$(PY) run_local.py --agent-model $(MODEL) --served-model-name smollm2 --user-llm smollm2 \
-	    --domains retail --num-tasks 2 --max-steps 12 --num-servers 1 --max-model-len 8192 \
-	    --max-concurrency 2 --max-new-tokens 200 --start-port auto --vllm-arg=--enforce-eager \
+	    --domains retail --num-tasks 2 --max-steps 8 --num-servers 1 --max-model-len 8192 \
+	    --max-concurrency 2 --max-new-tokens 64 --start-port auto --vllm-arg=--enforce-eager \
 	    --output-dir outputs/demo --log-dir logs/demo \
 	    --model-config-path outputs/demo/model_config_local.json
 
