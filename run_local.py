@@ -567,11 +567,14 @@ def gpu_memory_mib() -> dict[str, int]:
 
 
 def model_weight_bytes(*folders: str | None) -> dict[str, int]:
-    """Bytes of weight files in each model folder (what the weights take on the GPU, near enough)."""
+    """Bytes of weight files in each model folder (what the weights take on the GPU, near enough):
+    the safetensors files where there are any (a checkpoint may also hold .bin copies or optimizer
+    state), else the .bin/.pt files."""
     sizes = {}
     for folder in filter(None, folders):
         with contextlib.suppress(OSError):
-            total = sum(f.stat().st_size for f in Path(folder).iterdir() if f.suffix in WEIGHT_SUFFIXES)
+            files = [f for f in Path(folder).iterdir() if f.suffix in WEIGHT_SUFFIXES]
+            total = sum(f.stat().st_size for f in [f for f in files if f.suffix == ".safetensors"] or files)
             if total:
                 sizes[folder] = total
     return sizes
@@ -1773,7 +1776,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if untaken:
         print(f"run_local.py: {untaken} agent replies hold a tool call as text (JSON with \"name\" and "
               f"\"arguments\") that the servers' tool-call parser did not turn into a call; pick the model's "
-              f"parser with --tool-call-parser (now {args.tool_call_parser}; bare JSON calls: llama3_json)",
+              f"parser with --tool-call-parser (bare JSON calls: llama3_json)"
+              + ("" if args.skip_server_start else f"; this run used {args.tool_call_parser}"),
               file=sys.stderr)
     console.print(f"results in {plan.eval.output_dir}/ (summary.json, summary.md, manifest.json)", markup=False)
     return code

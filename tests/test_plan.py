@@ -275,4 +275,9 @@ def test_model_weight_bytes_counts_weight_files(tmp_path: Path):
     (tmp_path / "config.json").write_text("{}")
     (tmp_path / "model-00001.safetensors").write_bytes(b"x" * 1000)
     (tmp_path / "model-00002.safetensors").write_bytes(b"x" * 500)
+    (tmp_path / "optimizer.pt").write_bytes(b"x" * 3000)  # checkpoint state, not weights on the GPU
     assert rl.model_weight_bytes(str(tmp_path), None, str(tmp_path / "missing")) == {str(tmp_path): 1500}
+    bins = tmp_path / "bins"
+    bins.mkdir()
+    (bins / "pytorch_model.bin").write_bytes(b"x" * 700)
+    assert rl.model_weight_bytes(str(bins)) == {str(bins): 700}
