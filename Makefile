@@ -9,7 +9,7 @@ EXTRA ?= $(if $(shell nvidia-smi -L 2>/dev/null),gpu,cpu)
 # torch's CPU build lives on PyTorch's own index, unless a local wheelhouse already has it.
 TORCH_INDEX ?= $(if $(wildcard /opt/wheels/torch-2.13.0+cpu*),,--extra-index-url https://download.pytorch.org/whl/cpu)
 
-.PHONY: setup model demo test benchmarks clean
+.PHONY: setup model tool-model demo test benchmarks clean
 
 setup: $(VENV)/.installed-$(EXTRA)
 
@@ -25,10 +25,15 @@ model: setup $(MODEL)/tiny_model_build.json
 $(MODEL)/tiny_model_build.json:
 	$(PY) tools/make_tiny_model.py --out $(MODEL)
 
+# A small real model that calls tools (Qwen2.5-Coder-0.5B-Instruct; serve it with --tool-call-parser llama3_json).
+TOOL_MODEL ?= models/qwen2.5-coder-0.5b
+tool-model: setup
+	$(PY) tools/make_tool_model.py --out $(TOOL_MODEL)
+
 demo: model
 	$(PY) run_local.py --agent-model $(MODEL) --served-model-name smollm2 --user-llm smollm2 \
-	    --domains retail --num-tasks 2 --max-steps 12 --num-servers 1 --max-model-len 8192 \
-	    --max-concurrency 2 --max-new-tokens 200 --start-port auto --vllm-arg=--enforce-eager \
+	    --domains retail --num-tasks 2 --max-steps 8 --num-servers 1 --max-model-len 8192 \
+	    --max-concurrency 2 --max-new-tokens 64 --start-port auto --vllm-arg=--enforce-eager \
 	    --output-dir outputs/demo --log-dir logs/demo \
 	    --model-config-path outputs/demo/model_config_local.json
 

@@ -81,6 +81,10 @@ SECRET_ENV_SUFFIXES = ("_API_KEY", "_TOKEN", "_SECRET")
 SECRET_FLAG_WORDS = {"key", "token", "secret", "password"}
 SEED_SCRIPT_SERVERS = 4  # the seed script's default server count, capped to the GPUs available
 CPU_KV_CACHE_GIB = "2"  # KV cache per server on a machine without GPU
+SHARED_GPU_MEMORY = 0.85  # share of a GPU that the servers sharing it split between them
+KV_HEADROOM_BYTES = 4 * 2**30  # beside weights and KV cache: activations, CUDA graphs, CUDA context
+MIN_KV_CACHE_BYTES = 2**30  # less than this left for the KV cache: let vLLM profile instead
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")  # files that hold a model's weights
 
 EXAMPLES = """\
 examples:
@@ -333,11 +337,12 @@ class ServerSpec:
     host: str  # the address it binds
     port: int
     gpus: tuple[str, ...]  # GPU ids on its node; () on a machine without GPU
-    lane: int  # servers of one lane share devices, so they start one after another
+    lane: int  # servers of one lane share devices: they start in turn unless each has a fixed KV cache
     argv: tuple[str, ...]  # under SLURM: the srun command that starts it as a job step
     env: tuple[tuple[str, str], ...]
     node: str = ""  # SLURM node; "" for this machine
     address: str = ""  # where clients reach it; "" for the bind address seen from this machine
+    kv_cache_bytes: int | None = None  # fixed KV cache: vLLM skips memory profiling, so no start race
 
     @property
     def url(self) -> str:
@@ -536,7 +541,21 @@ def memory_share(servers_on_group: int, asked: float | None) -> float | None:
     """vLLM's memory share per server: the user's, vLLM's default when alone, a safe split when shared."""
     if asked is not None:
         return asked
-    return None if servers_on_group == 1 else round(0.85 / servers_on_group, 3)
+    return None if servers_on_group == 1 else round(SHARED_GPU_MEMORY / servers_on_group, 3)
+
+
+def kv_cache_bytes(gpu_mib: int | None, sharers: int, share: float | None, weight_bytes: int | None) -> int | None:
+    """A fixed KV-cache size for a server that shares its GPU: its memory share (the user's
+    --gpu-memory-utilization, else an even split) less its weights and headroom for activations.
+
+    With it vLLM skips memory profiling, which reads free memory while a neighbour allocates (the race
+    that kills one of two servers started together), so sharers can start at the same moment. None,
+    and vLLM profiles as before, where the GPU is not shared, a size is unknown or too little is left.
+    """
+    if sharers < 2 or share is None or not gpu_mib or not weight_bytes:
+        return None
+    kv = int(gpu_mib * 2**20 * share - weight_bytes * 1.1 - KV_HEADROOM_BYTES)
+    return kv if kv >= MIN_KV_CACHE_BYTES else None
 
 
 Placed = tuple[PoolSettings, str, tuple[str, ...]]  # a server's pool, node and GPU ids there
@@ -618,7 +637,7 @@ def assign_lanes(gpu_sets: Sequence[tuple[str, ...]]) -> list[int]:
 
 
 def vllm_argv(model: str, served: str, host: str, port: int, tp: int, mem: float | None,
-              args: argparse.Namespace, agent: bool) -> tuple[str, ...]:
+              args: argparse.Namespace, agent: bool, kv_bytes: int | None = None) -> tuple[str, ...]:
     """The exact vLLM command for one server. Tool calling is on for every server (in telecom the user
     simulator calls tools too); the chat template and reasoning parser are the agent's alone."""
     argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
@@ -626,8 +645,10 @@ def vllm_argv(model: str, served: str, host: str, port: int, tp: int, mem: float
             "--enable-auto-tool-choice", "--tool-call-parser", args.tool_call_parser]
     if tp > 1:
         argv += ["--tensor-parallel-size", str(tp)]
-    if mem is not None:
+    if mem is not None:  # kept beside a fixed KV cache: vLLM checks it against free memory at start
         argv += ["--gpu-memory-utilization", str(mem)]
+    if kv_bytes is not None:
+        argv += ["--kv-cache-memory-bytes", str(kv_bytes)]
     if args.max_model_len:
         argv += ["--max-model-len", str(args.max_model_len)]
     if agent and args.reasoning_parser:
@@ -653,15 +674,16 @@ def step_name(port: int) -> str:
 
 
 def server_env(gpus: tuple[str, ...], lane: int, cache_root: str, cpu_kv_gib: str,
-               pin: bool = True) -> tuple[tuple[str, str], ...]:
+               pin: bool = True, together: int = 0) -> tuple[tuple[str, str], ...]:
     """Per-server environment: its GPUs (unless SLURM pins them), and a compile cache per lane.
 
     Servers of one lane start one after another, so the first warms the cache for the rest; lanes start
-    at once, and never write the same cache (concurrent torch.compile writes have corrupted caches).
+    at once, and never write the same cache (concurrent torch.compile writes have corrupted caches). A
+    server that starts together with earlier ones of its lane (`together`: how many) gets its own.
     On the CPU a fixed KV-cache size: vLLM's CPU build otherwise reserves 92% of the memory node and
     refuses to start when other processes hold some of it.
     """
-    cache = ("VLLM_CACHE_ROOT", f"{cache_root}/run_local/lane{lane}")
+    cache = ("VLLM_CACHE_ROOT", f"{cache_root}/run_local/lane{lane}" + (f"-{together}" if together else ""))
     if gpus:
         return (("CUDA_VISIBLE_DEVICES", ",".join(gpus)), cache) if pin else (cache,)
     return (("VLLM_CPU_KVCACHE_SPACE", cpu_kv_gib), cache)
@@ -681,8 +703,12 @@ def step_cpus(placed: Sequence[Placed], nodes: Sequence[Node]) -> dict[str, int]
 
 
 def build_servers(args: argparse.Namespace, pools: Sequence[PoolSettings], nodes: Sequence[Node],
-                  ports: Iterator[int], cache_root: str, cpu_kv_gib: str, slurm: bool = False) -> tuple[ServerSpec, ...]:
-    """The fleet: placement, lanes, ports and commands, with no process started."""
+                  ports: Iterator[int], cache_root: str, cpu_kv_gib: str, slurm: bool = False,
+                  gpu_mib: dict[str, int] | None = None, weight_bytes: dict[str, int] | None = None) -> tuple[ServerSpec, ...]:
+    """The fleet: placement, lanes, ports, KV-cache sizes and commands, with no process started.
+
+    gpu_mib (this machine's GPU id -> total MiB) and weight_bytes (model folder -> bytes of weights) size
+    the KV cache of servers that share a GPU; without them those servers profile memory and start in turn."""
     placed = place_servers(pools, nodes)
     lanes = assign_lanes([tuple(f"{node}:{g}" for g in gpus) for _, node, gpus in placed])
     load = Counter((node, g) for _, node, gpus in placed for g in gpus)  # servers on each GPU
@@ -693,17 +719,25 @@ def build_servers(args: argparse.Namespace, pools: Sequence[PoolSettings], nodes
     cpus = step_cpus(placed, nodes) if slurm else {}
     address = {n.name: n.address for n in nodes}
     host = args.host or ("0.0.0.0" if slurm else "127.0.0.1")
-    specs = []
+    specs: list[ServerSpec] = []
     for (pool, node, gpus), lane in zip(placed, lanes):
         port = next(ports)
-        mem = memory_share(max(load[(node, g)] for g in gpus), args.gpu_memory_utilization) if gpus else None
+        sharers = max((load[(node, g)] for g in gpus), default=1)
+        mem = memory_share(sharers, args.gpu_memory_utilization) if gpus else None
+        sizes = [(gpu_mib or {}).get(g) for g in gpus]
+        weights = (weight_bytes or {}).get(pool.model)
+        kv = kv_cache_bytes(min(sizes) if sizes and None not in sizes else None, sharers, mem,
+                            weights // pool.tensor_parallel if weights else None)
+        earlier = [s for s in specs if s.lane == lane]
+        together = (len(earlier) if kv and earlier and args.stagger_delay is None
+                    and all(s.kv_cache_bytes for s in earlier) else 0)  # on the old clock they take turns
         argv = vllm_argv(pool.model, pool.served_name, host, port, pool.tensor_parallel, mem, args,
-                         pool.role == "agent")
+                         pool.role == "agent", kv)
         if slurm:
             argv = srun_argv(node, port, len(gpus), cpus[node]) + argv
         specs.append(ServerSpec(pool.role, pool.model, pool.served_name, host, port, gpus, lane, argv,
-                                server_env(gpus, lane, cache_root, cpu_kv_gib, pin=not slurm), node,
-                                address[node]))
+                                server_env(gpus, lane, cache_root, cpu_kv_gib, pin=not slurm, together=together),
+                                node, address[node], kv))
     return tuple(specs)
 
 
@@ -874,7 +908,8 @@ def check_implementations(args: argparse.Namespace) -> None:
 
 def build_plan(args: argparse.Namespace, nodes: Sequence[Node], ports: Iterator[int],
                config: dict[str, tuple[str, ...]], cache_root: str, cpu_kv_gib: str = CPU_KV_CACHE_GIB,
-               executor: str = "local") -> Plan:
+               executor: str = "local", gpu_mib: dict[str, int] | None = None,
+               weight_bytes: dict[str, int] | None = None) -> Plan:
     """Turn arguments into a plan. Pure: the nodes and GPUs seen, the ports and a read endpoint file come in."""
     check_numbers(args)
     check_implementations(args)
@@ -891,7 +926,7 @@ def build_plan(args: argparse.Namespace, nodes: Sequence[Node], ports: Iterator[
                              "SLURM gives every job step GPUs of its own")
         agent_name = agent_served_name(args)
         servers = build_servers(args, pool_settings(args), nodes, ports, cache_root, cpu_kv_gib,
-                                slurm=executor == "slurm")
+                                slurm=executor == "slurm", gpu_mib=gpu_mib, weight_bytes=weight_bytes)
         agent_urls = tuple(s.url for s in servers if s.role == "agent")
         user_server_urls = tuple(s.url for s in servers if s.role == "user")
     user_llm, user_urls = resolve_user(args, agent_name, agent_urls, user_server_urls, config)
@@ -1021,6 +1056,35 @@ def choose_executor(args: argparse.Namespace, env: dict[str, str]) -> str:
     if missing:
         raise UsageError(f"the SLURM executor needs {missing[0]}, which is not on PATH")
     return "slurm"
+
+
+def gpu_memory_mib() -> dict[str, int]:
+    """Total memory of each GPU (nvidia-smi id -> MiB); empty where nvidia-smi does not say."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=index,memory.total", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    sizes = {}
+    for line in out.splitlines():
+        index, _, mib = line.partition(",")
+        if index.strip() and mib.strip().isdigit():
+            sizes[index.strip()] = int(mib.strip())
+    return sizes
+
+
+def model_weight_bytes(*folders: str | None) -> dict[str, int]:
+    """Bytes of weight files in each model folder (what the weights take on the GPU, near enough):
+    the safetensors files where there are any (a checkpoint may also hold .bin copies or optimizer
+    state), else the .bin/.pt files."""
+    sizes = {}
+    for folder in filter(None, folders):
+        with contextlib.suppress(OSError):
+            files = [f for f in Path(folder).iterdir() if f.suffix in WEIGHT_SUFFIXES]
+            total = sum(f.stat().st_size for f in [f for f in files if f.suffix == ".safetensors"] or files)
+            if total:
+                sizes[folder] = total
+    return sizes
 
 
 def port_is_free(host: str, port: int) -> bool:
@@ -1415,7 +1479,8 @@ class Fleet:
     def _due(self, began: float) -> list[Server]:
         """Servers to launch now: with --stagger-delay on the old fixed clock, else as soon as every server
         before them on their GPUs has sized its KV cache (two servers profiling memory on one GPU at the
-        same moment make one of them fail)."""
+        same moment make one of them fail), or at once where they and those servers have a fixed KV cache
+        (no profiling, no race)."""
         waiting = [s for s in self.servers if s.state == "waiting"]
         if self.stagger is not None:
             launched = len(self.servers) - len(waiting)
@@ -1423,7 +1488,9 @@ class Fleet:
         due = []
         for server in waiting:
             lane = [s for s in self.servers if s.spec.lane == server.spec.lane]
-            if all(s.memory_settled() for s in lane[:lane.index(server)]):
+            fixed = server.spec.kv_cache_bytes is not None
+            if all(s.memory_settled() or (fixed and s.spec.kv_cache_bytes is not None)
+                   for s in lane[:lane.index(server)]):
                 due.append(server)
         return due
 
@@ -2601,6 +2668,28 @@ def failure_counts(run: DomainRun) -> dict[str, int]:
     }
 
 
+def is_tool_call_text(text: Any) -> bool:
+    """Text holding a JSON object shaped like a tool call ({"name": ..., "arguments": {...}})."""
+    if not isinstance(text, str):
+        return False
+    decoder = json.JSONDecoder()
+    for start in (i for i, ch in enumerate(text) if ch == "{"):
+        with contextlib.suppress(ValueError):
+            obj, _ = decoder.raw_decode(text, start)
+            if isinstance(obj, dict) and isinstance(obj.get("name"), str) and (
+                    isinstance(obj.get("arguments"), dict) or isinstance(obj.get("parameters"), dict)):
+                return True
+    return False
+
+
+def unparsed_tool_calls(simulations: Iterable[Any]) -> int:
+    """Agent replies that carry a tool call as text and none as tool_calls: the server's tool-call parser
+    does not read the model's format."""
+    return sum(1 for sim in simulations for msg in sim.messages
+               if getattr(msg, "role", None) == "assistant" and not getattr(msg, "tool_calls", None)
+               and is_tool_call_text(getattr(msg, "content", None)))
+
+
 def domain_summary(run: DomainRun, models: dict[str, str], prices: Sequence[tuple[str, float, float]] = ()) -> dict[str, Any]:
     sims = run.results.simulations
     used = usage_by_model(sims)
@@ -3356,8 +3445,8 @@ def describe_plan(plan: Plan) -> str:
     """The plan as a person reads it: placement, commands, endpoint file, and the stock equivalents."""
     lines = []
     if plan.servers:
-        lines.append(f"servers, {plan.executor} executor (a lane starts one server after another; lanes start "
-                     "together):")
+        lines.append(f"servers, {plan.executor} executor (lanes start together; in a lane, servers with a fixed "
+                     "KV cache start together, the others one after another):")
         if plan.executor == "slurm":
             lines.append("  (each server is a job step; SLURM picks its GPUs of the node and sets CUDA_VISIBLE_DEVICES)")
         for node in dict.fromkeys(s.node for s in plan.servers):
@@ -3366,7 +3455,8 @@ def describe_plan(plan: Plan) -> str:
             if node:
                 lines.append(f"  node {node} (clients reach it at {on_node[0].address}):")
             lines += [f"{indent}{s.role:6} {s.served_name if s.role == 'expert' else '':10} port {s.port}  "
-                      f"GPUs {','.join(s.gpus) or 'cpu':8} lane {s.lane}" for s in on_node]
+                      f"GPUs {','.join(s.gpus) or 'cpu':8} lane {s.lane}"
+                      + (f"  KV cache {s.kv_cache_bytes / 2**30:.1f} GiB" if s.kv_cache_bytes else "") for s in on_node]
         lines.append("server commands:")
         lines += [f"  {s.shell_command()}" for s in plan.servers]
     else:
@@ -3413,7 +3503,6 @@ def describe_plan(plan: Plan) -> str:
 # Watching a training run: every checkpoint evaluated as it appears, a leaderboard across them
 # ----------------------------------------------------------------------------------------------
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
 
 def find_checkpoints(root: Path) -> list[Path]:
@@ -3662,7 +3751,10 @@ def make_plan(args: argparse.Namespace, env: dict[str, str]) -> tuple[Plan, tupl
     ports = free_ports(args.host or "127.0.0.1") if start is None else iter(range(start, 65536))
     cache_root = env.get("VLLM_CACHE_ROOT") or str(Path.home() / ".cache" / "vllm")
     cpu_kv_gib = env.get("VLLM_CPU_KVCACHE_SPACE") or CPU_KV_CACHE_GIB
-    return build_plan(args, nodes, ports, config, cache_root, cpu_kv_gib, executor), nodes
+    local_gpus = executor == "local" and any(n.gpus for n in nodes)
+    gpu_mib = gpu_memory_mib() if local_gpus else {}
+    weights = model_weight_bytes(args.agent_model, args.user_model, *(p.model for p in expert_pools(args))) if local_gpus else {}
+    return build_plan(args, nodes, ports, config, cache_root, cpu_kv_gib, executor, gpu_mib, weights), nodes
 
 
 def install_signal_handlers() -> None:
@@ -3767,6 +3859,13 @@ def evaluate_checkpoint(args: argparse.Namespace, argv: Sequence[str], console: 
     for run in runs.values():
         if run.error:
             print(f"run_local.py: {run.domain} stopped: {run.error}", file=sys.stderr)
+    untaken = unparsed_tool_calls(sim for run in runs.values() for sim in run.results.simulations)
+    if untaken:
+        print(f"run_local.py: {untaken} agent replies hold a tool call as text (JSON with \"name\" and "
+              f"\"arguments\") that the servers' tool-call parser did not turn into a call; pick the model's "
+              f"parser with --tool-call-parser (bare JSON calls: llama3_json)"
+              + ("" if args.skip_server_start else f"; this run used {args.tool_call_parser}"),
+              file=sys.stderr)
     unfinished = how_to_finish(runs, argv, secrets)
     if unfinished:
         print(unfinished, file=sys.stderr)

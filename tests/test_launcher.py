@@ -455,6 +455,30 @@ def test_startup_policy_lanes_start_together_sharers_one_after_another(tmp_path:
     assert len(config["standin"]) == 4
 
 
+def test_sharers_with_a_fixed_kv_cache_start_together(tmp_path: Path):
+    """A GPU whose memory nvidia-smi reports and a model whose weights are on disk: the two servers
+    sharing it get --kv-cache-memory-bytes and start at the same moment, although neither ever logs its
+    KV-cache size (the stand-in's KV line is off) and each takes 3 s to serve."""
+    bin_dir = tmp_path / "fakebin"
+    bin_dir.mkdir()
+    smi = bin_dir / "nvidia-smi"
+    smi.write_text('#!/bin/sh\ncase "$*" in *memory.total*) echo "0, 143771";; *) echo 0;; esac\n')
+    smi.chmod(0o755)
+    port = free_port()
+    args = launcher_args(tmp_path, "--domains", "mock", "--num-tasks", "1", "--num-servers", "2",
+                         "--servers-per-gpu", "2", "--start-port", str(port))
+    with open(tmp_path / "ckpt" / "model.safetensors", "wb") as weights:
+        weights.truncate(10**9)
+    result = run_launcher(args, env={**standin_env(startup_delay="3", kv_at="0"),
+                                     "PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    assert result.returncode == 0, result.stderr
+    ev = event_times(result.stdout)
+    first, second = (when(ev, "started", f"port {p} ") for p in (port, port + 1))
+    assert abs(second - first) < 1 and second < when(ev, f"port {port} serves")
+    servers = json.loads((tmp_path / "out" / "manifest.json").read_text())["servers"]
+    assert all("--kv-cache-memory-bytes" in s["command"] for s in servers)
+
+
 def test_stagger_delay_keeps_the_old_fixed_clock(tmp_path: Path):
     port = free_port()
     args = launcher_args(tmp_path, "--domains", "mock", "--num-tasks", "1", "--num-servers", "2",

@@ -223,3 +223,61 @@ def test_partly_overlapping_servers_split_the_memory():
     agent, user = p.servers
     assert agent.lane == user.lane  # they share GPU 1, so they must not start together
     assert all(s.argv[s.argv.index("--gpu-memory-utilization") + 1] == "0.425" for s in p.servers)
+
+
+def test_kv_cache_size_is_the_share_less_weights_and_headroom():
+    gib = 2**30
+    # an H200 (143771 MiB) split by two servers of a 1.26 GB model
+    kv = rl.kv_cache_bytes(143771, 2, 0.425, 1_260_000_000)
+    assert kv == int(143771 * 2**20 * 0.425 - 1_260_000_000 * 1.1 - rl.KV_HEADROOM_BYTES)
+    assert 54 * gib < kv < 55 * gib
+    assert rl.kv_cache_bytes(143771, 4, 0.2125, 1_260_000_000) < kv / 2 + gib  # more sharers, less each
+    # alone on its GPU, a size unknown, or too little left: vLLM profiles as before
+    assert rl.kv_cache_bytes(143771, 1, None, 1_260_000_000) is None
+    assert rl.kv_cache_bytes(None, 2, 0.425, 1_260_000_000) is None
+    assert rl.kv_cache_bytes(143771, 2, 0.425, None) is None
+    assert rl.kv_cache_bytes(24576, 2, 0.425, 6 * gib) is None
+
+
+def shared_plan(*argv: str, weights: int | None = 1_260_000_000) -> rl.Plan:
+    return rl.build_plan(parse("--num-servers", "4", "--servers-per-gpu", "2", *argv), rl.this_machine(("0", "1")),
+                         iter(range(1900, 2000)), {}, "/cache", gpu_mib={"0": 143771, "1": 143771},
+                         weight_bytes={"/ckpt": weights} if weights else {})
+
+
+def test_servers_sharing_a_gpu_get_a_fixed_kv_cache_and_their_own_compile_cache():
+    p = shared_plan()
+    kv = rl.kv_cache_bytes(143771, 2, 0.425, 1_260_000_000)
+    for s in p.servers:
+        assert s.kv_cache_bytes == kv
+        assert s.argv[s.argv.index("--kv-cache-memory-bytes") + 1] == str(kv)
+        assert s.argv[s.argv.index("--gpu-memory-utilization") + 1] == "0.425"  # vLLM's start check
+    # they start together, so no two of them may write one torch.compile cache
+    caches = [dict(s.env)["VLLM_CACHE_ROOT"] for s in p.servers]
+    assert len(set(caches)) == 4 and caches[0] == "/cache/run_local/lane0"
+    # on the old clock (--stagger-delay) they start in turn: the first warms the lane's cache for the next
+    staggered = shared_plan("--stagger-delay", "60")
+    assert len({dict(s.env)["VLLM_CACHE_ROOT"] for s in staggered.servers}) == 2
+
+
+def test_user_memory_share_wins_and_unknown_weights_keep_profiling():
+    p = shared_plan("--gpu-memory-utilization", "0.3")
+    assert {s.kv_cache_bytes for s in p.servers} == {rl.kv_cache_bytes(143771, 2, 0.3, 1_260_000_000)}
+    p = shared_plan(weights=None)
+    assert all(s.kv_cache_bytes is None and "--kv-cache-memory-bytes" not in s.argv for s in p.servers)
+    assert len({dict(s.env)["VLLM_CACHE_ROOT"] for s in p.servers}) == 2  # in turn: one cache per lane
+    alone = rl.build_plan(parse(), rl.this_machine(("0", "1")), iter(range(1900, 2000)), {}, "/cache",
+                          gpu_mib={"0": 143771, "1": 143771}, weight_bytes={"/ckpt": 10**9})
+    assert all(s.kv_cache_bytes is None for s in alone.servers)
+
+
+def test_model_weight_bytes_counts_weight_files(tmp_path: Path):
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model-00001.safetensors").write_bytes(b"x" * 1000)
+    (tmp_path / "model-00002.safetensors").write_bytes(b"x" * 500)
+    (tmp_path / "optimizer.pt").write_bytes(b"x" * 3000)  # checkpoint state, not weights on the GPU
+    assert rl.model_weight_bytes(str(tmp_path), None, str(tmp_path / "missing")) == {str(tmp_path): 1500}
+    bins = tmp_path / "bins"
+    bins.mkdir()
+    (bins / "pytorch_model.bin").write_bytes(b"x" * 700)
+    assert rl.model_weight_bytes(str(bins)) == {str(bins): 700}

@@ -59,3 +59,21 @@ def test_overall_keeps_domains_apart(tmp_path):
     assert sum(summary["overall"]["termination_reasons"].values()) == len(both)
     md = rl.summary_markdown(summary)
     assert "| retail |" in md and "| overall |" in md and "pass^2" in md
+
+
+def test_tool_calls_left_in_text_are_counted_for_the_parser_hint():
+    from types import SimpleNamespace as NS
+
+    import run_local as rl
+
+    call = '{"name": "get_order_details", "arguments": {"order_id": "#W1"}}'
+    messages = [
+        NS(role="assistant", content=call, tool_calls=None),  # bare JSON, missed by the parser
+        NS(role="assistant", content="Sure:\n```json\n" + call + "\n```", tool_calls=[]),  # fenced
+        NS(role="assistant", content=None, tool_calls=[NS(name="get_order_details")]),  # parsed
+        NS(role="assistant", content='Your order is {"id": "#W1"}.', tool_calls=None),  # data, no call
+        NS(role="user", content=call, tool_calls=None),  # the user simulator's text does not count
+    ]
+    assert rl.unparsed_tool_calls([NS(messages=messages)]) == 2
+    assert not rl.is_tool_call_text('{"name": "x", "arguments": "not an object"}')
+    assert not rl.is_tool_call_text("{ not json")
