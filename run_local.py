@@ -1284,6 +1284,19 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+def raise_open_file_limit() -> tuple[int, int]:
+    """Many conversations in flight need many sockets, and high concurrency has crashed servers with "Too
+    many open files": the soft limit goes up to the hard one, for the launcher and the servers it starts."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
 def group_members(pgid: int) -> list[int]:
     """Live (non-zombie) processes of a process group, read from /proc: the whole tree, not kept PIDs."""
     members = []
@@ -3816,6 +3829,7 @@ def evaluate_checkpoint(args: argparse.Namespace, argv: Sequence[str], console: 
         return 2
 
     install_signal_handlers()
+    raise_open_file_limit()
     began = time.monotonic()
     fleet = Fleet(plan.servers, plan.log_dir, args.server_timeout, args.stagger_delay, say,
                   make_executor(plan.executor, env))

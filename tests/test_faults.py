@@ -25,7 +25,7 @@ from known_rewards import canonical_task_id, expected_reward  # noqa: E402
 import run_local as rl  # noqa: E402
 
 STANDIN_SERVER = STANDIN / "standin_server.py"
-DOMAIN, TASKS, MAX_STEPS = "retail", 6, 60
+DOMAIN, TASKS, MAX_STEPS = "retail", 4, 60
 
 
 class Standins:

@@ -281,3 +281,17 @@ def test_model_weight_bytes_counts_weight_files(tmp_path: Path):
     bins.mkdir()
     (bins / "pytorch_model.bin").write_bytes(b"x" * 700)
     assert rl.model_weight_bytes(str(bins)) == {str(bins): 700}
+
+
+def test_the_open_file_limit_is_raised_to_the_hard_one():
+    """High concurrency has crashed servers with "Too many open files"; servers inherit the launcher's."""
+    import subprocess
+    import sys
+    code = ("import resource, run_local\n"
+            "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+            "resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))\n"
+            "print(run_local.raise_open_file_limit()[0], hard)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(rl.__file__).parent).stdout.split()
+    soft, hard = int(out[0]), int(out[1])
+    assert soft > 64 and soft == (hard if hard != -1 else 1 << 20)

@@ -14,7 +14,7 @@ from conftest import LAUNCHER, ROOT, TINY_MODEL, run_launcher
 import run_local as rl
 
 SERVER_FLAGS = ["--agent-model", str(TINY_MODEL), "--served-model-name", "smollm2", "--user-llm", "smollm2",
-                "--max-model-len", "8192", "--max-new-tokens", "128", "--vllm-arg=--enforce-eager",
+                "--max-model-len", "8192", "--max-new-tokens", "32", "--vllm-arg=--enforce-eager",
                 "--start-port", "auto"]
 
 
