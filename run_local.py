@@ -1869,7 +1869,8 @@ class CallGuard:
         return self.lease.url if self.lease else f"{self.model} API"
 
     def call(self, attempt: Callable[[], Any], rollback: Callable[[], None]) -> Any:
-        failing_since: float | None = None
+        failing_since: float | None = None  # when the first failed try began: the retry budget runs from there
+        first_failed: float | None = None  # when it failed: the endpoint failing since then is hopeless
         for retry in itertools.count():
             began = time.monotonic()
             try:
@@ -1881,7 +1882,9 @@ class CallGuard:
                 if not verdict.machinery:
                     raise ModelFailure(self.side, verdict) from exc
                 failing_since = failing_since or began
-                self._handle_machinery(verdict, exc, retry, failing_since)
+                self.health.failed(self.endpoint, verdict.detail)
+                first_failed = first_failed or time.monotonic()
+                self._handle_machinery(verdict, exc, retry, failing_since, first_failed)
                 continue
             self.pacer.succeeded()
             self.health.ok(self.endpoint)
@@ -1890,10 +1893,10 @@ class CallGuard:
                 self.stats["recovered_calls"] += 1
             return result
 
-    def _handle_machinery(self, verdict: Verdict, exc: BaseException, retry: int, failing_since: float) -> None:
+    def _handle_machinery(self, verdict: Verdict, exc: BaseException, retry: int, failing_since: float,
+                          first_failed: float) -> None:
         """Wait and move on for the next try, or give up (raise) when the budget is spent."""
         endpoint = self.endpoint
-        self.health.failed(endpoint, verdict.detail)
         if getattr(exc, "status_code", None) == 429:
             self.pacer.rate_limited(verdict.retry_after)
         now, wait = time.monotonic(), backoff_s(retry, verdict.retry_after, self.rng)
@@ -1902,7 +1905,7 @@ class CallGuard:
         # hopeless: no answer but errors for the whole window, or since before this simulation's own retries
         # began once its budget is spent (no success anywhere in between)
         since = self.health.since(endpoint)
-        hopeless = since is not None and (now - since >= self.budget[1] or (spent_out and since <= failing_since))
+        hopeless = since is not None and (now - since >= self.budget[1] or (spent_out and since <= first_failed))
         stop = (f"{self.side} endpoint {endpoint} refuses the request (HTTP {getattr(exc, 'status_code', '?')}: "
                 f"a key, a model name or a flag; not retried): {verdict.detail}" if verdict.kind == "configuration"
                 else f"{self.side} endpoint {endpoint} answered nothing but errors for the whole retry window "

@@ -1,21 +1,86 @@
 """Shared test fixtures: running the launcher as a user would, fake GPUs, free ports."""
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 # Offline, as the launcher runs: litellm (imported with tau2) must not try to fetch its cost map.
 os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+# Tests send the launcher SIGINT (Ctrl-C). A suite started in the background inherits SIGINT ignored,
+# which the launcher rightly keeps ignored; a handler here makes the launchers it starts get the default.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCHER = ROOT / "run_local.py"
 STANDIN = ROOT / "tests" / "standin"
 TINY_MODEL = ROOT / "models" / "smollm2-135m"
+
+
+def standin_env(**faults: str) -> dict[str, str]:
+    """Environment under which the launcher's `python -m vllm.entrypoints...` runs the stand-in
+    (STANDIN_<NAME> variables from `faults`)."""
+    return {"PYTHONPATH": str(STANDIN), **{f"STANDIN_{k.upper()}": v for k, v in faults.items()}}
+
+
+def launcher_args(tmp: Path, *extra: str) -> list[str]:
+    """A launcher run with everything it writes under tmp; the stand-in plays agent and user."""
+    model = tmp / "ckpt"
+    model.mkdir(exist_ok=True)
+    (model / "config.json").write_text("{}")
+    return ["--agent-model", str(model), "--served-model-name", "standin", "--user-llm", "standin",
+            "--output-dir", str(tmp / "out"), "--log-dir", str(tmp / "logs"),
+            "--model-config-path", str(tmp / "model_config_local.json"), *extra]
+
+
+class Standins:
+    """Stand-in servers started directly: endpoints that are 'already up', each serving one name with
+    its own STANDIN_<NAME> settings (faults, an orchestrator's habits)."""
+
+    def __init__(self) -> None:
+        self.procs: dict[int, subprocess.Popen] = {}
+
+    def start(self, name: str = "standin", port: int | None = None, **env: str) -> int:
+        import run_local as rl
+        port = port or free_port()
+        self.procs[port] = subprocess.Popen(
+            [sys.executable, str(STANDIN / "standin_server.py"), "--model", name, "--host", "127.0.0.1",
+             "--port", str(port)], env={**os.environ, "STANDIN_QUIET": "1",
+                                        **{f"STANDIN_{k.upper()}": v for k, v in env.items()}},
+            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while not rl.serves(rl.endpoint_url("127.0.0.1", port), name):
+            assert time.monotonic() < deadline, "stand-in did not start"
+            time.sleep(0.1)
+        return port
+
+    def stop(self, port: int) -> None:
+        proc = self.procs.pop(port)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    @staticmethod
+    def stats(port: int) -> dict:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=5) as response:
+            return json.load(response)
+
+
+@pytest.fixture
+def standins():
+    servers = Standins()
+    yield servers
+    for port in list(servers.procs):
+        servers.stop(port)
 
 
 def cpu_plan(*argv: str):

@@ -4,17 +4,13 @@ the stand-in expert, asked without that tool, replays the task's gold actions, s
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from conftest import STANDIN, free_port, run_launcher
+from conftest import STANDIN, run_launcher
 
 sys.path.insert(0, str(STANDIN))
 from known_rewards import expected_reward  # noqa: E402
@@ -23,36 +19,6 @@ import run_local as rl  # noqa: E402
 
 DOMAIN, TASKS, MAX_STEPS = "retail", 6, 60
 PRICES = {"standin": (1.0, 2.0), "gold": (10.0, 20.0), "standin-user": (0.5, 0.5)}
-
-
-class Standins:
-    """Stand-in servers already up, each serving one name."""
-
-    def __init__(self) -> None:
-        self.procs: list[subprocess.Popen] = []
-
-    def start(self, name: str, **env: str) -> int:
-        port = free_port()
-        self.procs.append(subprocess.Popen(
-            [sys.executable, str(STANDIN / "standin_server.py"), "--model", name, "--host", "127.0.0.1",
-             "--port", str(port)], env={**os.environ, "STANDIN_QUIET": "1",
-                                        **{f"STANDIN_{k.upper()}": v for k, v in env.items()}},
-            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        deadline = time.monotonic() + 30
-        while not rl.serves(rl.endpoint_url("127.0.0.1", port), name):
-            assert time.monotonic() < deadline, "stand-in did not start"
-            time.sleep(0.1)
-        return port
-
-
-@pytest.fixture
-def standins():
-    servers = Standins()
-    yield servers
-    for proc in servers.procs:
-        with __import__("contextlib").suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 def stats(port: int) -> dict:

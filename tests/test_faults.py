@@ -7,12 +7,8 @@ finished by a rerun of the same command."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -26,42 +22,6 @@ import run_local as rl  # noqa: E402
 
 STANDIN_SERVER = STANDIN / "standin_server.py"
 DOMAIN, TASKS, MAX_STEPS = "retail", 4, 60
-
-
-class Standins:
-    """Stand-in servers started directly: endpoints that are 'already up', each with its own faults."""
-
-    def __init__(self) -> None:
-        self.procs: dict[int, subprocess.Popen] = {}
-
-    def start(self, port: int | None = None, **faults: str) -> int:
-        port = port or free_port()
-        env = {**os.environ, "STANDIN_QUIET": "1", **{f"STANDIN_{k.upper()}": v for k, v in faults.items()}}
-        self.procs[port] = subprocess.Popen(
-            [sys.executable, str(STANDIN_SERVER), "--model", "standin", "--host", "127.0.0.1", "--port", str(port)],
-            env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 30
-        while not rl.serves(rl.endpoint_url("127.0.0.1", port), "standin"):
-            assert time.monotonic() < deadline, "stand-in did not start"
-            time.sleep(0.1)
-        return port
-
-    def stop(self, port: int) -> None:
-        proc = self.procs.pop(port)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-    def stats(self, port: int) -> dict:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=5) as response:
-            return json.load(response)
-
-
-@pytest.fixture
-def standins():
-    servers = Standins()
-    yield servers
-    for port in list(servers.procs):
-        servers.stop(port)
 
 
 def evaluate(tmp: Path, agent_ports: list[int], user_port: int | None = None, *extra: str):
@@ -136,7 +96,7 @@ def test_two_agent_endpoints_one_failing_the_other_takes_the_calls(tmp_path: Pat
     """One of two agent servers answers 500 for 6 s while its /health stays 200: its calls move to the
     other server; every simulation gets its known reward."""
     failing = free_port()
-    standins.start(failing, fault_window="0:6:500", fault_role="agent")
+    standins.start(port=failing, fault_window="0:6:500", fault_role="agent")
     good = standins.start()
     result = evaluate(tmp_path, [failing, good], None)
     assert result.returncode == 0, result.stderr
@@ -169,7 +129,7 @@ def test_an_endpoint_that_only_fails_stops_the_domain_and_a_rerun_finishes(tmp_p
     assert "run the same command again" in last[-2] and "--retry-timeout 3" in last[-1]
 
     standins.stop(user)
-    standins.start(user)  # the API is back, at the same address
+    standins.start(port=user)  # the API is back, at the same address
     rerun = evaluate(tmp_path, [agent], user, "--retry-timeout", "3")
     assert rerun.returncode == 0, rerun.stderr
     assert_known_rewards(tmp_path, TASKS)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import LAUNCHER, ROOT, STANDIN, cpu_plan, free_port, run_launcher
+from conftest import LAUNCHER, ROOT, STANDIN, cpu_plan, free_port, launcher_args, run_launcher, standin_env
 
 sys.path.insert(0, str(STANDIN))
 from known_rewards import expected_reward  # noqa: E402
@@ -25,50 +25,9 @@ import run_local as rl  # noqa: E402
 STANDIN_SERVER = STANDIN / "standin_server.py"
 
 
-def standin_env(**faults: str) -> dict[str, str]:
-    """Environment under which the launcher's `python -m vllm.entrypoints...` runs the stand-in."""
-    return {"PYTHONPATH": str(STANDIN), **{f"STANDIN_{k.upper()}": v for k, v in faults.items()}}
-
-
-def launcher_args(tmp: Path, *extra: str) -> list[str]:
-    """A launcher run with everything it writes under tmp; the stand-in plays agent and user."""
-    model = tmp / "ckpt"
-    model.mkdir(exist_ok=True)
-    (model / "config.json").write_text("{}")
-    return ["--agent-model", str(model), "--served-model-name", "standin", "--user-llm", "standin",
-            "--output-dir", str(tmp / "out"), "--log-dir", str(tmp / "logs"),
-            "--model-config-path", str(tmp / "model_config_local.json"), *extra]
-
-
 def get_json(url: str) -> dict:
     with urllib.request.urlopen(url, timeout=5) as response:
         return json.load(response)
-
-
-@pytest.fixture
-def standins():
-    """Start stand-in servers directly (servers that are 'already up' for --skip-server-start)."""
-    procs: list[subprocess.Popen] = []
-
-    def start(count: int, **faults: str) -> list[int]:
-        ports = [free_port() for _ in range(count)]
-        env = {**os.environ, **{f"STANDIN_{k.upper()}": v for k, v in faults.items()}}
-        for port in ports:
-            procs.append(subprocess.Popen(
-                [sys.executable, str(STANDIN_SERVER), "--model", "standin", "--host", "127.0.0.1",
-                 "--port", str(port)], env=env, start_new_session=True,
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        deadline = time.monotonic() + 30
-        while not all(rl.serves(rl.endpoint_url("127.0.0.1", p), "standin") for p in ports):
-            assert time.monotonic() < deadline, "stand-ins did not start"
-            time.sleep(0.1)
-        return ports
-
-    yield start
-    for proc in procs:
-        with __import__("contextlib").suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 def write_config(path: Path, ports: list[int], name: str = "standin") -> None:
@@ -97,7 +56,7 @@ def assert_groups_gone(pgids: list[int]) -> None:
 
 
 def test_skip_server_start_two_endpoints_retail_ten_tasks(tmp_path: Path, standins):
-    ports = standins(2)
+    ports = [standins.start(), standins.start()]
     config = tmp_path / "model_config_local.json"
     write_config(config, ports)
     result = run_launcher(["--skip-server-start", "--model-config-path", str(config), "--user-llm", "standin",
@@ -125,7 +84,7 @@ def test_skip_server_start_two_endpoints_retail_ten_tasks(tmp_path: Path, standi
 
 def test_routing_balance_over_two_servers(tmp_path: Path, standins):
     """18 conversations over 2 servers: the busiest gets at most 10% more than the idlest."""
-    ports = standins(2)
+    ports = [standins.start(), standins.start()]
     write_config(tmp_path / "c.json", ports)
     result = run_launcher(["--skip-server-start", "--model-config-path", str(tmp_path / "c.json"),
                            "--user-llm", "standin", "--domains", "mock", "--num-trials", "2",

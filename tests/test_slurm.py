@@ -17,7 +17,7 @@ from typing import Iterator
 
 import pytest
 
-from conftest import LAUNCHER, ROOT, STANDIN, run_launcher
+from conftest import LAUNCHER, ROOT, launcher_args, run_launcher, standin_env
 
 sys.path.insert(0, str(ROOT / "tests" / "slurm"))
 import cluster  # noqa: E402
@@ -50,19 +50,6 @@ def allocation(slurm: dict[str, str], nodes: int = 2, gpus: int = 4) -> Iterator
         yield {"SLURM_CONF": slurm["SLURM_CONF"], "SLURM_JOB_ID": job, "SLURM_JOB_NODELIST": nodelist}
     finally:
         subprocess.run(["scancel", job], env=slurm, capture_output=True)
-
-
-def standin_env(**faults: str) -> dict[str, str]:
-    return {"PYTHONPATH": str(STANDIN), **{f"STANDIN_{k.upper()}": v for k, v in faults.items()}}
-
-
-def launcher_args(tmp: Path, *extra: str) -> list[str]:
-    model = tmp / "ckpt"
-    model.mkdir(exist_ok=True)
-    (model / "config.json").write_text("{}")
-    return ["--agent-model", str(model), "--served-model-name", "standin", "--user-llm", "standin",
-            "--output-dir", str(tmp / "out"), "--log-dir", str(tmp / "logs"),
-            "--model-config-path", str(tmp / "model_config_local.json"), *extra]
 
 
 def our_steps(env: dict[str, str]) -> list[str]:
