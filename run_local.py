@@ -2990,6 +2990,8 @@ def category_tables(summary: dict[str, Any]) -> str:
     parts = []
     for key in count_fields(summary):
         cats = sorted({c for _, d in rows for c in d.get(key) or {}})
+        if not cats:
+            continue
         head = "".join(f"<th>{esc(name)}</th>" for name, _ in rows)
         body = "".join(
             f"<tr><td>{esc(c)}</td>"
@@ -3034,7 +3036,7 @@ def pass_k_plot(summary: dict[str, Any]) -> str:
 def category_plot(summary: dict[str, Any], key: str) -> str:
     """One count field (termination reasons, failure categories) as stacked bars per domain."""
     rows = [(n, d.get(key) or {}) for n, d in summary.get("domains", {}).items()]
-    cats = sorted({c for _, counts in rows for c in counts})
+    cats = sorted({c for _, counts in rows for c, n in counts.items() if n})  # what happened, not every category
     if not cats:
         return ""
 
