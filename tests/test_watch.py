@@ -75,7 +75,11 @@ def test_watch_evaluates_checkpoints_as_they_settle_and_resumes(tmp_path: Path):
         assert "| checkpoint-200 | - | - | - | incomplete |" in board
     finally:
         watch.send_signal(signal.SIGINT)
-        first_log = watch.communicate(timeout=60)[0]
+        try:
+            first_log = watch.communicate(timeout=60)[0]
+        except subprocess.TimeoutExpired:
+            watch.kill()  # never leave a watch running behind a failed test
+            raise
     assert watch.returncode == 130, first_log
     assert "checkpoint-200: weights incomplete; skipped until it settles" in first_log
 
