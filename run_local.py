@@ -3,15 +3,18 @@
 
 What a run does (main() at the bottom reads the same way):
   1. Check every input before any process starts: bad input is one line on stderr and exit code 2.
-  2. Start the vLLM servers, pinned to GPUs, and wait until each one serves the model.
+  2. Start the pools of vLLM servers (the agent's, a local user simulator's, the experts'), pinned to
+     GPUs on this machine or as job steps of a SLURM allocation, and wait until each one serves.
   3. Write the endpoint file (model_config_local.json) atomically.
-  4. Run τ²-bench's simulations, each conversation held by the least busy live server.
+  4. Run τ²-bench's simulations, each conversation held by the least busy live server; a fault of the
+     machinery is retried, never scored.
   5. Write <domain>.json (τ²-bench's results format), report.html, summary.json, summary.md and
      manifest.json, and print the scores.
---compare reads earlier output folders instead; --watch runs all of this for each new checkpoint.
   6. Stop every process it started: on success, on error, on Ctrl-C and on SIGTERM.
 
 Run the same command again and it resumes: finished simulations are kept, only missing ones run.
+--compare reads earlier output folders instead; --watch runs all of this for each new checkpoint;
+--sbatch submits it as a SLURM job.
 """
 from __future__ import annotations
 
