@@ -47,7 +47,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -63,6 +62,8 @@ PY = sys.executable
 LAUNCHER = ROOT / "run_local.py"
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from common import launcher_version, machine  # noqa: E402
+sys.path.insert(0, str(ROOT))
+import run_local as rl  # noqa: E402
 STANDIN = ROOT / "tests" / "standin"
 TINY_MODEL = ROOT / "models" / "smollm2-135m"
 # Another engineer's real-vLLM runs on this checkout's models (the brief's pgrep pattern).
@@ -151,15 +152,6 @@ def health_ok(port: int) -> bool:
         return False
 
 
-def port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 _next_port = [21000]
 
 
@@ -169,7 +161,7 @@ def port_block(size: int = 20) -> int:
         while True:
             base = _next_port[0]
             _next_port[0] += size
-            if all(port_free(p) for p in range(base, base + size)):
+            if all(rl.port_is_free("127.0.0.1", p) for p in range(base, base + size)):
                 return base
 
 

@@ -22,6 +22,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from run_local import port_is_free  # noqa: E402  (the launcher's own check: no SO_REUSEPORT)
+
 PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge")
 BINARIES = ("slurmctld", "slurmd", "srun", "sbatch", "squeue", "scontrol", "scancel", "munged")
 
@@ -43,18 +46,9 @@ def free_port_block(count: int) -> int:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             first = sock.getsockname()[1]
-        if first + count < 65000 and all(_free(first + i) for i in range(count)):
+        if first + count < 65000 and all(port_is_free("127.0.0.1", first + i) for i in range(count)):
             return first
     raise RuntimeError("no block of free ports")
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def node_names(nodes: int) -> list[str]:
