@@ -32,11 +32,13 @@ def endpoint_file(path: Path, pools: dict[str, list[int]]) -> Path:
 
 
 def orchestrated(tmp: Path, config: Path, *extra: str):
+    """In two worker processes: the expert pools' pins, a dying expert server's relay to the coordinator,
+    and the costs then all cross the process boundary (the launcher's own process is tested elsewhere)."""
     args = ["--skip-server-start", "--model-config-path", str(config), "--served-model-name", "standin",
             "--user-llm", "standin-user", "--expert", "gold=gold", "--expert-description", "gold=knows every answer",
             "--domains", DOMAIN, "--num-tasks", str(TASKS), "--max-steps", str(MAX_STEPS), "--max-concurrency", "3",
             "--output-dir", str(tmp / "out"), "--log-dir", str(tmp / "logs"),
-            *[f"--price={m}={i},{o}" for m, (i, o) in PRICES.items()], *extra]
+            *[f"--price={m}={i},{o}" for m, (i, o) in PRICES.items()], "--workers", "2", *extra]
     return run_launcher(args, timeout=300)
 
 

@@ -45,21 +45,20 @@ def known(task_ids) -> dict[str, float]:
 
 
 def test_worker_processes_score_as_one_process(tmp_path: Path, standins):
+    """The known rewards are what one process scores (test_faults and test_launcher hold it to them)."""
     ports = [standins.start(FAIL_TASKS=FAILED), standins.start(FAIL_TASKS=FAILED)]
-    runs = {}
-    for workers in ("1", "3"):
-        tmp = tmp_path / workers
-        done = subprocess.run(launcher(tmp, ports, "--max-concurrency", "6", "--workers", workers),
-                              capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr + done.stdout
-        runs[workers] = results(tmp), json.loads((tmp / "out" / "summary.json").read_text())
-    (one, one_summary), (many, many_summary) = runs["1"], runs["3"]
-    assert len(many) == TASKS and many == one == known(many)
-    assert one_summary["concurrency"]["workers"] == 1 and many_summary["concurrency"]["workers"] == 3
+    done = subprocess.run(launcher(tmp_path, ports, "--max-concurrency", "6", "--workers", "2"),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr + done.stdout
+    scored, summary = results(tmp_path), json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert len(scored) == TASKS and scored == known(scored) and 0 < summary["overall"]["avg_reward"] < 1
+    assert summary["concurrency"]["workers"] == 2
     # the coordinator still routes: conversations spread evenly over the two servers, in-flight cap held
-    assert sorted(many_summary["agent_conversations_per_server"].values()) == [TASKS // 2, TASKS // 2]
-    assert many_summary["concurrency"]["peak_in_flight"] == 6
-    assert many_summary["domains"][DOMAIN]["avg_reward"] == one_summary["domains"][DOMAIN]["avg_reward"]
+    assert sorted(summary["agent_conversations_per_server"].values()) == [TASKS // 2, TASKS // 2]
+    agent_conversations = [sum(c["role"] == "agent" for c in standins.stats(p)["conversation_info"].values())
+                           for p in ports]
+    assert sorted(agent_conversations) == [TASKS // 2, TASKS // 2]  # as the servers saw them
+    assert summary["concurrency"]["peak_in_flight"] == 6
 
 
 def worker_pids(launcher_pid: int) -> list[int]:

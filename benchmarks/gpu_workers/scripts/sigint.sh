@@ -6,7 +6,7 @@ source benchmarks/gpu_workers/scripts/common.sh
 R=/root/r/sigint; rm -rf $R; mkdir -p $R
 gpu_quiet
 set -m
-VLLM_CACHE_ROOT=/root/cc/eval python3 run_local.py "${MODEL_ARGS[@]}" --num-servers 1 --start-port auto "${EVAL_ARGS[@]}" \
+VLLM_CACHE_ROOT=/root/.cache/vllm python3 run_local.py "${MODEL_ARGS[@]}" --num-servers 1 --start-port auto "${EVAL_ARGS[@]}" \
   --output-dir $R/out --log-dir $R/logs --model-config-path $R/mc.json > $R/stdout.txt 2>&1 &
 L=$!; set +m; t0=$(date +%s)
 {
@@ -25,6 +25,6 @@ while :; do
   sleep 0.2
 done
 echo "SIGINT -> no vLLM process, no worker, no compute app, $(gpu_used) MiB used: $(dt $(ts) $k)s"
-wait $L; echo "launcher rc=$?"
+while alive $L; do sleep 0.1; done  # (not our child here: this block runs in a subshell)
 } 2>&1 | tee $OUT/sigint_result.txt
 grep -vE "simulations, avg reward" $R/stdout.txt | cut -c1-200 | tail -25 | tee -a $OUT/sigint_result.txt
