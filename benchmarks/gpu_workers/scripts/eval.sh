@@ -19,7 +19,7 @@ echo "eval server (1.5B, cold) serves after $(dt $(ts) $t0)s"
 curl -s localhost:$PORT/v1/chat/completions -H 'Content-Type: application/json' -d '{"model":"qwen","messages":[{"role":"user","content":"What is the weather in Paris?"}],"tools":[{"type":"function","function":{"name":"get_weather","description":"Get the weather for a city","parameters":{"type":"object","properties":{"city":{"type":"string"}},"required":["city"]}}}],"temperature":0}' > $OUT/toolcall_check.json
 head -c 600 $OUT/toolcall_check.json; echo
 echo '{"qwen": [{"ip_addr": "127.0.0.1", "port": "'$PORT'"}]}' > /root/r/mc.json
-python3 $S/metrics.py $OUT/metrics_runlocal.csv 2 http://127.0.0.1:$PORT & MS=$!
+python3 benchmarks/gpu_run_tools/scripts/metrics.py $OUT/metrics_runlocal.csv 2 http://127.0.0.1:$PORT & MS=$!
 t0=$(ts)
 timeout -s INT ${1:-400} python3 run_local.py --skip-server-start --model-config-path /root/r/mc.json \
   --served-model-name qwen --user-llm qwen "${EVAL_ARGS[@]}" --output-dir $R/out --log-dir $R/logs > $OUT/eval_runlocal_stdout.txt 2>&1
