@@ -2346,7 +2346,7 @@ class Evaluation:
     health: EndpointHealth = field(default_factory=EndpointHealth)
     pacers: dict[str, Pacer] = field(default_factory=dict)
     expert_pools: dict[str, Router] = field(default_factory=dict)  # experts reached at servers
-    share: int = 1  # in a worker process: its share of the pools' pacing is 1/share
+    share: int = 1  # in a worker process: its share of the user's pacing limits is 1/share
     tell: Callable[[tuple], None] | None = None  # in a worker process: its line to the coordinator
     concurrency: Concurrency = field(init=False)
 
@@ -2358,11 +2358,13 @@ class Evaluation:
 
         self.concurrency = make_concurrency(self.plan)
         self.expert_pools = {x.name: Router(x.urls) for x in self.plan.experts if x.urls}
+        # the user's own limits hold for the whole run, each worker taking its share; the others only bind
+        # once HTTP 429 slows a pool down, which each worker does from its own calls in flight
         rpm = e.faults.user_max_rpm / self.share if e.faults.user_max_rpm else None
-        self.pacers = {"agent": Pacer("agent pool", part(e.max_concurrency), None, self.event),
-                       "user": Pacer("user simulator", part(e.faults.user_max_concurrency or e.max_concurrency),
-                                     rpm, self.event),
-                       **{x.name: Pacer(f"expert {x.name}", part(e.max_concurrency), None, self.event)
+        user_limit = part(e.faults.user_max_concurrency) if e.faults.user_max_concurrency else e.max_concurrency
+        self.pacers = {"agent": Pacer("agent pool", e.max_concurrency, None, self.event),
+                       "user": Pacer("user simulator", user_limit, rpm, self.event),
+                       **{x.name: Pacer(f"expert {x.name}", e.max_concurrency, None, self.event)
                           for x in self.plan.experts}}
 
     def pools(self) -> list[Router]:
@@ -2611,12 +2613,14 @@ class Worker:
     process: Any  # multiprocessing Process
     line: Any  # our end of its pipe
     running: dict[tuple[str, int, str], tuple[Job, dict[str, str]]] = field(default_factory=dict)
+    ready: bool = False  # τ²-bench loaded: it starts what it is handed at once
 
 
 class ProcessSimulators:
     """Simulations in worker processes, each with its own τ²-bench and threads, one pipe each. The
     coordinator keeps the routing: it pins each simulation's servers (the same least-busy choice as in
-    one process), and relays a server's death both ways. Each worker paces its share of every pool."""
+    one process), and relays a server's death both ways. Each worker keeps its share of the user's
+    pacing limits. Work goes to the least busy worker that has loaded τ²-bench, if any has."""
 
     def __init__(self, ev: Evaluation, workers: int, threads_each: int, log_path: Path):
         import multiprocessing
@@ -2641,7 +2645,7 @@ class ProcessSimulators:
         except NoLiveServer as exc:
             self.ready.append(Outcome(job, None, Counter(), str(exc)))
             return
-        worker = min(self.workers, key=lambda w: len(w.running))
+        worker = min(self.workers, key=lambda w: (not w.ready, len(w.running)))  # one still loading, last
         worker.running[job_key(job)] = (job, pins)
         worker.line.send(("job", job, pins))
 
@@ -2680,6 +2684,8 @@ class ProcessSimulators:
                     outcome, self.pacer_counts[index] = body
                     self._unpin(self.workers[index].running.pop(job_key(outcome.job))[1])
                     outcomes.append(outcome)
+                elif kind == "ready":
+                    self.workers[index].ready = True
                 elif kind == "event":
                     self.ev.event(body[0])
                 elif kind == "dead":
@@ -2752,6 +2758,7 @@ def simulation_worker(plan: Plan, log_path: Path, threads: int, share: int, line
     ev = Evaluation(tau2_run, plan, Router(plan.agent_urls), Router(plan.user_urls) if plan.user_urls else None,
                     {}, say=lambda text: None, share=share, tell=tell)
     pool = futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sim")
+    tell(("ready",))
 
     def run(job: Job, pins: dict[str, str]) -> None:
         outcome = ev.run_one(job, pins)
@@ -2782,7 +2789,7 @@ def make_simulators(ev: Evaluation, log_path: Path) -> Simulators:
     e = ev.plan.eval
     if e.workers <= 1:
         return ThreadSimulators(ev, e.max_concurrency)
-    return ProcessSimulators(ev, e.workers, math.ceil(e.max_concurrency / e.workers), log_path)
+    return ProcessSimulators(ev, e.workers, e.max_concurrency, log_path)  # threads are made as needed
 
 
 def evaluate(ev: Evaluation, batches: list[list[Job]], sims: Simulators, fleet: Fleet | None, view: ProgressView,

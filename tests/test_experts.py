@@ -32,13 +32,11 @@ def endpoint_file(path: Path, pools: dict[str, list[int]]) -> Path:
 
 
 def orchestrated(tmp: Path, config: Path, *extra: str):
-    """In two worker processes: the expert pools' pins, a dying expert server's relay to the coordinator,
-    and the costs then all cross the process boundary (the launcher's own process is tested elsewhere)."""
     args = ["--skip-server-start", "--model-config-path", str(config), "--served-model-name", "standin",
             "--user-llm", "standin-user", "--expert", "gold=gold", "--expert-description", "gold=knows every answer",
             "--domains", DOMAIN, "--num-tasks", str(TASKS), "--max-steps", str(MAX_STEPS), "--max-concurrency", "3",
             "--output-dir", str(tmp / "out"), "--log-dir", str(tmp / "logs"),
-            *[f"--price={m}={i},{o}" for m, (i, o) in PRICES.items()], "--workers", "2", *extra]
+            *[f"--price={m}={i},{o}" for m, (i, o) in PRICES.items()], *extra]
     return run_launcher(args, timeout=300)
 
 
@@ -49,7 +47,9 @@ def test_an_orchestrator_that_calls_an_expert_on_every_turn(tmp_path: Path, stan
     user = standins.start("standin-user")
     experts = [standins.start("gold", crash_after="5"), standins.start("gold")]
     config = endpoint_file(tmp_path / "endpoints.json", {"standin": [agent], "standin-user": [user], "gold": experts})
-    result = orchestrated(tmp_path, config)
+    # in two worker processes: the expert pool's pins, the dying expert server's relay to the coordinator
+    # and the costs all cross the process boundary (the launcher's own process runs the other tests)
+    result = orchestrated(tmp_path, config, "--workers", "2")
     assert result.returncode == 0, result.stderr
     from tau2.data_model.simulation import Results
     sims = Results.load(tmp_path / "out" / f"{DOMAIN}.json").simulations

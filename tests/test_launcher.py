@@ -210,13 +210,13 @@ def test_server_dying_mid_run_is_routed_around(tmp_path: Path):
 
 def test_restart_dead_servers_brings_it_back(tmp_path: Path):
     port = free_port()
-    args = launcher_args(tmp_path, "--domains", "mock", "--num-trials", "3", "--num-servers", "2",
+    args = launcher_args(tmp_path, "--domains", "mock", "--num-trials", "2", "--num-servers", "2",
                          "--start-port", str(port), "--max-concurrency", "2", "--restart-dead-servers")
-    result = run_launcher(args, env=standin_env(crash_after="4", fault_ports=str(port), token_delay="0.02"))
+    result = run_launcher(args, env=standin_env(crash_after="4", fault_ports=str(port), token_delay="0.01"))
     assert result.returncode == 0, result.stderr
     events = json.loads((tmp_path / "out" / "summary.json").read_text())["server_events"]
     assert any("restarting" in e for e in events) and any("serves again" in e for e in events)
-    assert len(load_results(tmp_path / "out" / "mock.json").simulations) == 27
+    assert len(load_results(tmp_path / "out" / "mock.json").simulations) == 18
 
 
 # ----------------------------------------------------------------------------------------------
