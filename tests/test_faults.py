@@ -65,15 +65,14 @@ def assert_known_rewards(tmp: Path, expect: int, malformed: tuple[str, ...] = ()
 # ----------------------------------------------------------------------------------------------
 
 
+# each kind of fault once per side at least (HTTP 500 and a reset are judged alike: test_judge_failure)
 @pytest.mark.parametrize("side, fault", [
     ("user", {"fault_window": "0:4:429", "retry_after": "1"}),
     ("user", {"fault_window": "0:3:500"}),
-    ("user", {"fault_window": "0:3:reset"}),
     ("user", {"fault_window": "0:3:hang", "hang_s": "30"}),
-    ("agent", {"fault_window": "0:3:500"}),
     ("agent", {"fault_window": "0:4:429", "retry_after": "1"}),
     ("agent", {"fault_window": "0:3:reset"}),
-], ids=["user-429", "user-500", "user-reset", "user-hang", "agent-500", "agent-429", "agent-reset"])
+], ids=["user-429", "user-500", "user-hang", "agent-429", "agent-reset"])
 def test_a_fault_that_passes_is_retried_and_never_scored(tmp_path: Path, standins, side: str, fault: dict):
     """One endpoint per side; the faulty side fails every call for seconds while /health stays 200."""
     faulty = standins.start(fault_role=side, **fault)
