@@ -1,0 +1,175 @@
+"""app"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Sequence
+
+from .checks import check_inputs
+from .dry_run import describe_plan
+from .endpoint_file import config_pools, read_model_config, write_model_config
+from .errors import ServerFailed, UsageError
+from .evaluation import Evaluation, schedule
+from .executors import make_executor
+from .expert_plan import expert_pools
+from .fleet import Fleet
+from .host import free_ports, gpu_memory_mib, model_weight_bytes, visible_gpus
+from .loop import evaluate
+from .plan import Node, Plan, this_machine
+from .planner import build_plan, sbatch_nodes
+from .progress import ProgressView
+from .report_files import LiveReport, how_to_finish, print_summary, write_report
+from .results import open_domain
+from .routing import Router
+from .sbatch import job_script, submit_job
+from .scoring import unparsed_tool_calls
+from .servers import CPU_KV_CACHE_GIB
+from .slurm_discovery import choose_executor, slurm_nodes
+from .tasks import load_tasks, trial_seeds
+from .tau2_loader import load_tau2
+from .util import now_iso, secret_values
+from .validation import parse_start_port
+from .workers import make_simulators
+
+
+def raise_open_file_limit() -> tuple[int, int]:
+    """Many conversations in flight need many sockets, and high concurrency has crashed servers with "Too
+    many open files": the soft limit goes up to the hard one, for the launcher and the servers it starts."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+def make_plan(args: argparse.Namespace, env: dict[str, str]) -> tuple[Plan, tuple[Node, ...]]:
+    """Read what the plan depends on (executor, nodes and GPUs, endpoint file, ports) and build it."""
+    executor = choose_executor(args, env)
+    if args.skip_server_start:
+        nodes: tuple[Node, ...] = ()
+    elif args.sbatch:
+        nodes = sbatch_nodes(args)
+    elif executor == "slurm":
+        nodes = slurm_nodes(env)
+    else:
+        nodes = this_machine(visible_gpus(env), os.cpu_count() or 1)
+    config = read_model_config(Path(args.model_config_path)) if args.skip_server_start else {}
+    start = parse_start_port(args.start_port)
+    ports = free_ports(args.host or "127.0.0.1") if start is None else iter(range(start, 65536))
+    cache_root = env.get("VLLM_CACHE_ROOT") or str(Path.home() / ".cache" / "vllm")
+    cpu_kv_gib = env.get("VLLM_CPU_KVCACHE_SPACE") or CPU_KV_CACHE_GIB
+    local_gpus = executor == "local" and any(n.gpus for n in nodes)
+    gpu_mib = gpu_memory_mib() if local_gpus else {}
+    weights = model_weight_bytes(args.agent_model, args.user_model, *(p.model for p in expert_pools(args))) if local_gpus else {}
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return build_plan(args, nodes, ports, config, cache_root, cpu_kv_gib, executor, gpu_mib, weights, cpus), nodes
+
+
+def install_signal_handlers() -> None:
+    """SIGTERM and SIGHUP take the Ctrl-C path, so every way of stopping the launcher cleans up. A
+    signal the caller chose to ignore stays ignored (nohup ignores SIGHUP, a shell's `&` SIGINT)."""
+    def interrupt(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            signal.signal(sig, interrupt)
+
+
+def evaluate_checkpoint(args: argparse.Namespace, argv: Sequence[str], console: Any) -> int:
+    """One evaluation: check, start the servers, simulate, report, stop."""
+    env = dict(os.environ)
+    stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
+    started = now_iso()
+
+    def say(text: str) -> None:
+        console.print(f"{now_iso()} {text}", markup=False)
+
+    # 1. check every input before any process starts
+    try:
+        plan, nodes = make_plan(args, env)
+        check_inputs(args, plan, env)
+        if args.sbatch:
+            script = job_script(args, argv, nodes, Path.cwd())
+            if args.dry_run:
+                console.print(script, markup=False)
+                return 0
+            return submit_job(script, plan.log_dir, stamp, env)
+        if args.dry_run:
+            console.print(describe_plan(plan), markup=False)
+            return 0
+        log_path = plan.log_dir / f"run_local_{stamp}.log"
+        tau2_run = load_tau2(log_path)
+        tasks = {d: load_tasks(tau2_run, d, plan.eval) for d in plan.eval.domains}
+        secrets = secret_values(env, argv)
+        runs = {d: open_domain(tau2_run, plan, d, tasks[d], secrets) for d in plan.eval.domains}
+    except UsageError as exc:
+        print(f"run_local.py: error: {exc}", file=sys.stderr)
+        return 2
+
+    install_signal_handlers()
+    raise_open_file_limit()
+    began = time.monotonic()
+    fleet = Fleet(plan.servers, plan.log_dir, args.server_timeout, args.stagger_delay, say,
+                  make_executor(plan.executor, env))
+    agent_pool = Router(plan.agent_urls)
+    user_pool = Router(plan.user_urls) if plan.user_urls else None
+    ev = Evaluation(tau2_run, plan, agent_pool, user_pool, runs, say)
+    code = 0
+    try:
+        # the simulation workers (if any) load τ²-bench while the servers start
+        with fleet, contextlib.closing(make_simulators(ev, log_path)) as sims:
+            # 2. start the servers and wait until each one serves
+            if plan.servers:
+                say(f"starting {len(plan.servers)} server(s); logs in {plan.log_dir}")
+                say(f"all servers serve after {fleet.start():.0f}s")
+            # 3. write the endpoint file
+            write_model_config(plan.config_path, config_pools(plan))
+            say(f"wrote {plan.config_path}")
+            # 4. run the simulations
+            for run in runs.values():
+                if run.done:
+                    say(f"{run.domain}: resuming, {run.done}/{run.total} simulations already done")
+                run.save()
+                if run.side_path.exists():  # an --overwrite starts this record afresh too
+                    run.save_not_scored()
+            batches = schedule(runs, trial_seeds(plan.eval.seed, plan.eval.num_trials), tasks,
+                               plan.eval.parallel_domains)
+            with ProgressView(console, ev, fleet if plan.servers else None) as view:
+                evaluate(ev, batches, sims, fleet if plan.servers else None, view, args.restart_dead_servers,
+                         LiveReport(ev, secrets).maybe_write)
+            code = 1 if any(run.error or run.done < run.total for run in runs.values()) else 0
+    except ServerFailed as exc:
+        print(f"run_local.py: {exc}", file=sys.stderr)
+        code = 1
+    except KeyboardInterrupt:
+        print("run_local.py: interrupted; servers stopped, finished simulations kept", file=sys.stderr)
+        code = 130
+    # 5. write the results and print the scores (also after a failure: what finished is kept)
+    summary = write_report(ev, plan, argv, started, time.monotonic() - began, nodes, secrets)
+    print_summary(console, summary)
+    console.print(f"results in {plan.eval.output_dir}/ (report.html, summary.json, summary.md, manifest.json)",
+                  markup=False)
+    for run in runs.values():
+        if run.error:
+            print(f"run_local.py: {run.domain} stopped: {run.error}", file=sys.stderr)
+    untaken = unparsed_tool_calls(sim for run in runs.values() for sim in run.results.simulations)
+    if untaken:
+        print(f"run_local.py: {untaken} agent replies hold a tool call as text (JSON with \"name\" and "
+              f"\"arguments\") that the servers' tool-call parser did not turn into a call; pick the model's "
+              f"parser with --tool-call-parser (bare JSON calls: llama3_json)"
+              + ("" if args.skip_server_start else f"; this run used {args.tool_call_parser}"),
+              file=sys.stderr)
+    unfinished = how_to_finish(runs, argv, secrets)
+    if unfinished:
+        print(unfinished, file=sys.stderr)
+    return code

@@ -1,0 +1,79 @@
+"""checks"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from .errors import UsageError
+from .host import check_ports
+from .plan import Plan
+from .readiness import serves
+
+
+def check_model_dir(path: str, flag: str) -> None:
+    folder = Path(path)
+    if not folder.is_dir():
+        raise UsageError(f"{flag} {path}: no such directory")
+    if not (folder / "config.json").is_file():
+        raise UsageError(f"{flag} {path}: not a model folder (no config.json)")
+
+
+def check_writable_dir(path: Path, flag: str) -> None:
+    """Create the folder if needed and prove a file can be written there."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise UsageError(f"{flag} {path} is not writable: {exc.strerror or exc}") from None
+
+
+def needed_api_key(model: str) -> str | None:
+    """The environment variable a hosted user-simulator model needs, if any."""
+    name = model.lower()
+    if name.startswith(("anthropic/", "claude")):
+        return "ANTHROPIC_API_KEY"
+    if name.startswith(("openai/", "gpt-", "o1", "o3", "o4", "chatgpt")):
+        return "OPENAI_API_KEY"
+    return None
+
+
+def check_endpoints(plan: Plan) -> None:
+    """Servers that must already be up (--skip-server-start, --user-api-base) do serve."""
+    started = {s.url for s in plan.servers}
+    for url in plan.agent_urls:
+        if url not in started and not serves(url, plan.agent_name):
+            raise UsageError(f"endpoint {url} does not serve {plan.agent_name!r} (no 200 from /health "
+                             "and /v1/models); start it or fix the endpoint file")
+    for url in plan.user_urls:
+        if url not in started and not serves(url):
+            raise UsageError(f"user-simulator endpoint {url} does not answer /health")
+
+
+def check_inputs(args: argparse.Namespace, plan: Plan, env: dict[str, str]) -> None:
+    """Everything that can be known wrong before a process starts."""
+    if plan.servers:
+        check_model_dir(args.agent_model, "--agent-model")
+        if args.user_model:
+            check_model_dir(args.user_model, "--user-model")
+        if args.chat_template and not Path(args.chat_template).is_file():
+            raise UsageError(f"--chat-template {args.chat_template}: no such file")
+        if plan.executor == "local":  # a SLURM node's ports can only be seen there
+            check_ports(plan.servers)
+    key = needed_api_key(plan.user_llm) if not plan.user_urls else None
+    if key and not env.get(key):
+        raise UsageError(f"user simulator {plan.user_llm} needs {key}; set it (see setup_envs.sh) "
+                         "or serve the user locally (--user-model, --user-api-base)")
+    for expert in plan.experts:
+        if expert.source == "served":
+            check_model_dir(next(s.model for s in plan.servers if s.served_name == expert.name),
+                            f"--expert {expert.name}=")
+        key = needed_api_key(expert.model) if expert.source == "API" else None
+        if key and not env.get(key):
+            raise UsageError(f"expert {expert.name} ({expert.model}) needs {key}; set it, or serve it "
+                             f"locally (--expert {expert.name}=/path/to/checkpoint)")
+    check_writable_dir(plan.eval.output_dir, "--output-dir")
+    check_writable_dir(plan.log_dir, "--log-dir")
+    check_writable_dir(plan.config_path.parent, "--model-config-path")
+    check_endpoints(plan)

@@ -1,0 +1,39 @@
+"""cli"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Sequence
+
+from .app import evaluate_checkpoint
+from .compare import compare_outputs
+from .errors import UsageError
+from .settings import build_parser
+from .watch import watch_checkpoints
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    from rich.console import Console
+
+    console = Console(highlight=False, soft_wrap=True)
+    try:
+        if args.compare:
+            return compare_outputs(args, console)
+        if args.watch:
+            return watch_checkpoints(args, argv, console)
+    except UsageError as exc:
+        print(f"run_local.py: error: {exc}", file=sys.stderr)
+        return 2
+    return evaluate_checkpoint(args, argv, console)
+
+
+def run() -> None:
+    """The one way out, for run_local.py, `python -m tau2_run_local` and the run-local script alike. Every
+    server is already stopped (the fleet's with-block); simulation threads still waiting on a dead
+    server must not hold the exit, so the process ends here after flushing."""
+    exit_code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exit_code)

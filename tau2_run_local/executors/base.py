@@ -1,0 +1,62 @@
+"""executors/base"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+from ..plan import ServerSpec
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: a server gets SIGTERM if the launcher is killed outright."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of a process group, read from /proc: the whole tree, not kept PIDs."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[-1].split()
+        if fields and fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(entry.name))
+    return members
+
+
+class Executor(Protocol):
+    """How servers run: as process groups here, or as SLURM job steps. The fleet starts, watches and
+    stops servers only through this."""
+
+    def launch(self, spec: ServerSpec, out: Any, err: Any) -> subprocess.Popen:
+        """Start one server; the process returned ends when the server ends."""
+
+    def signal(self, procs: Sequence[subprocess.Popen], sig: int) -> None:
+        """SIGTERM: ask to stop. SIGKILL: end now, with everything the servers started."""
+
+    def alive(self, proc: subprocess.Popen) -> bool:
+        """Is anything of this server still running?"""
+
+
+def start_process(spec: ServerSpec, out: Any, err: Any) -> subprocess.Popen:
+    """The server's command in its own process group, sent SIGTERM if the launcher dies outright."""
+    return subprocess.Popen(
+        spec.argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+        env={**os.environ, **dict(spec.env), "PYTHONUNBUFFERED": "1"},
+        start_new_session=True, preexec_fn=_die_with_parent)
+
+
+def kill_groups(procs: Sequence[subprocess.Popen], sig: int) -> None:
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, sig)

@@ -1,0 +1,82 @@
+"""host"""
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from .errors import UsageError
+from .plan import ServerSpec
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")  # files that hold a model's weights
+
+
+def visible_gpus(env: dict[str, str]) -> tuple[str, ...]:
+    """GPU ids this run may use: nvidia-smi's list, narrowed by an inherited CUDA_VISIBLE_DEVICES."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ()
+    listed = tuple(line.strip() for line in out.splitlines() if line.strip())
+    inherited = env.get("CUDA_VISIBLE_DEVICES")
+    if inherited is None:
+        return listed
+    return tuple(x.strip() for x in inherited.split(",") if x.strip() and x.strip() != "-1")
+
+
+def gpu_memory_mib() -> dict[str, int]:
+    """Total memory of each GPU (nvidia-smi id -> MiB); empty where nvidia-smi does not say."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=index,memory.total", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    sizes = {}
+    for line in out.splitlines():
+        index, _, mib = line.partition(",")
+        if index.strip() and mib.strip().isdigit():
+            sizes[index.strip()] = int(mib.strip())
+    return sizes
+
+
+def model_weight_bytes(*folders: str | None) -> dict[str, int]:
+    """Bytes of weight files in each model folder (what the weights take on the GPU, near enough):
+    the safetensors files where there are any (a checkpoint may also hold .bin copies or optimizer
+    state), else the .bin/.pt files."""
+    sizes = {}
+    for folder in filter(None, folders):
+        with contextlib.suppress(OSError):
+            files = [f for f in Path(folder).iterdir() if f.suffix in WEIGHT_SUFFIXES]
+            total = sum(f.stat().st_size for f in [f for f in files if f.suffix == ".safetensors"] or files)
+            if total:
+                sizes[folder] = total
+    return sizes
+
+
+def port_is_free(host: str, port: int) -> bool:
+    """True when nothing listens there. Binding without SO_REUSEPORT fails even where vLLM set it."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_ports(host: str) -> Iterator[int]:
+    """Ports the kernel says are free now, for --start-port auto."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            yield sock.getsockname()[1]
+
+
+def check_ports(servers: Sequence[ServerSpec]) -> None:
+    for spec in servers:
+        if not port_is_free(spec.host, spec.port):
+            raise UsageError(f"port {spec.port} on {spec.host} is in use; free it, pick --start-port, "
+                             "or use --start-port auto")

@@ -1,0 +1,162 @@
+"""plan"""
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .defaults import MAX_ERRORS
+
+
+@dataclass(frozen=True)
+class Node:
+    """A machine servers run on: this one (name ""), or a node of a SLURM allocation."""
+
+    name: str
+    address: str  # where clients reach its servers; "" for this machine (the bind address then)
+    gpus: tuple[str, ...]  # GPU ids this run may use there; () without GPU
+    cpus: int  # CPUs this run may use there (SLURM steps split them)
+
+
+Slot = tuple[str, str]  # (node name, GPU id): one GPU somewhere
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    """One pool of identical servers, from the command line: its role, model, size and GPUs."""
+
+    role: str  # "agent" or "user"
+    model: str
+    served_name: str
+    count: int | None  # None: the seed script's default, capped to the GPUs
+    tensor_parallel: int
+    gpu_ids: tuple[str, ...] | None  # as given: "3" (that GPU on every node) or "n1:3"
+    servers_per_gpu: int
+    flag: str  # "" or "user-": how the pool's options are spelled, for messages
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """One vLLM server to start: what it serves, where, and the exact command."""
+
+    role: str  # "agent" or "user"
+    model: str
+    served_name: str
+    host: str  # the address it binds
+    port: int
+    gpus: tuple[str, ...]  # GPU ids on its node; () on a machine without GPU
+    lane: int  # servers of one lane share devices: they start in turn unless each has a fixed KV cache
+    argv: tuple[str, ...]  # under SLURM: the srun command that starts it as a job step
+    env: tuple[tuple[str, str], ...]
+    node: str = ""  # SLURM node; "" for this machine
+    address: str = ""  # where clients reach it; "" for the bind address seen from this machine
+    kv_cache_bytes: int | None = None  # fixed KV cache: vLLM skips memory profiling, so no start race
+
+    @property
+    def url(self) -> str:
+        return endpoint_url(self.address or client_host(self.host), self.port)
+
+    @property
+    def label(self) -> str:
+        return f"{self.role} server on {self.node + ' ' if self.node else ''}port {self.port}"
+
+    def shell_command(self) -> str:
+        """The command a user can paste to start this server by hand."""
+        return " ".join([*(f"{k}={shlex.quote(v)}" for k, v in self.env), *map(shlex.quote, self.argv)])
+
+
+@dataclass(frozen=True)
+class FaultPolicy:
+    """How failed calls are treated: the machinery's faults retried within a budget, a hosted user paced."""
+
+    retry_timeout: float
+    request_timeout: float
+    user_max_concurrency: int | None
+    user_max_rpm: float | None
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """What to simulate and where results go."""
+
+    domains: tuple[str, ...]
+    num_tasks: int | None
+    task_ids: tuple[str, ...] | None
+    num_trials: int
+    max_steps: int
+    max_concurrency: int
+    seed: int
+    max_new_tokens: int | None
+    parallel_domains: bool
+    overwrite: bool
+    output_dir: Path
+    faults: FaultPolicy
+    agent: str = "llm_agent"  # τ²-bench's implementation names, as `tau2 run --agent/--user`
+    user: str = "user_simulator"
+    agent_llm_args: dict[str, Any] = field(default_factory=lambda: {"temperature": 0.0})
+    user_llm_args: dict[str, Any] = field(default_factory=lambda: {"temperature": 0.0})
+    max_errors: int = MAX_ERRORS
+    task_set_name: str | None = None
+    task_split_name: str = "base"
+    adaptive_concurrency: bool = False  # max_concurrency is then the ceiling, steered by the servers' gauges
+    workers: int = 1  # processes that run simulations; 1: threads of the launcher's own process
+
+    def agent_args(self) -> dict[str, Any]:
+        """The agent's sampling arguments: --agent-llm-args, max_tokens from --max-new-tokens if unset."""
+        return self._capped(self.agent_llm_args)
+
+    def user_args(self) -> dict[str, Any]:
+        return self._capped(self.user_llm_args)
+
+    def _capped(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {**({"max_tokens": self.max_new_tokens} if self.max_new_tokens else {}), **args}
+
+
+@dataclass(frozen=True)
+class Expert:
+    """A model the agent can hand its turn to through its call_expert tool."""
+
+    name: str  # what the agent calls it by
+    model: str  # the litellm model string of its calls
+    urls: tuple[str, ...]  # its pool's endpoints; () for a model called through its API
+    description: str
+    source: str  # "served" (a pool of this fleet), "endpoint file" or "API"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything a run will do, decided before any process starts."""
+
+    servers: tuple[ServerSpec, ...]  # empty with --skip-server-start
+    agent_name: str  # served model name: the model string sent, and the endpoint file's key
+    agent_urls: tuple[str, ...]
+    user_llm: str  # litellm model string for the user simulator
+    user_urls: tuple[str, ...]  # empty: a hosted API (OpenAI, Anthropic, ...)
+    eval: EvalSettings
+    config_path: Path
+    log_dir: Path
+    executor: str = "local"  # "local" or "slurm"
+    experts: tuple[Expert, ...] = ()
+    policy_addendum: str = ""  # added to the agent's policy when it has experts
+    addendum_source: str = ""
+    prices: tuple[tuple[str, float, float], ...] = ()  # (model, $/M prompt, $/M completion) given by the user
+
+
+def endpoint_url(host: str, port: int | str) -> str:
+    return f"http://{host}:{port}/v1"
+
+
+def client_host(bind_host: str) -> str:
+    """Where clients on this machine reach a server bound to bind_host."""
+    return "127.0.0.1" if bind_host in ("0.0.0.0", "::", "") else bind_host
+
+
+def this_machine(gpus: tuple[str, ...], cpus: int = 1) -> tuple[Node, ...]:
+    """The local executor's one node."""
+    return (Node("", "", gpus, cpus),)
+
+
+def hosted(name: str) -> str:
+    """litellm's model string for a name served by vLLM."""
+    return name if name.startswith("hosted_vllm/") else f"hosted_vllm/{name}"

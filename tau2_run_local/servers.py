@@ -1,0 +1,106 @@
+"""servers"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from collections import Counter
+from typing import Iterator, Sequence
+
+from .errors import UsageError
+from .placement import assign_lanes, kv_cache_bytes, memory_share, place_servers, slot_text, step_cpus
+from .plan import Node, PoolSettings, ServerSpec
+
+CPU_KV_CACHE_GIB = "2"  # KV cache per server on a machine without GPU
+
+
+def vllm_argv(model: str, served: str, host: str, port: int, tp: int, mem: float | None,
+              args: argparse.Namespace, agent: bool, kv_bytes: int | None = None) -> tuple[str, ...]:
+    """The exact vLLM command for one server. Tool calling is on for every server (in telecom the user
+    simulator calls tools too); the chat template and reasoning parser are the agent's alone."""
+    argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
+            "--served-model-name", served, "--host", host, "--port", str(port),
+            "--enable-auto-tool-choice", "--tool-call-parser", args.tool_call_parser]
+    if tp > 1:
+        argv += ["--tensor-parallel-size", str(tp)]
+    if mem is not None:  # kept beside a fixed KV cache: vLLM checks it against free memory at start
+        argv += ["--gpu-memory-utilization", str(mem)]
+    if kv_bytes is not None:
+        argv += ["--kv-cache-memory-bytes", str(kv_bytes)]
+    if args.max_model_len:
+        argv += ["--max-model-len", str(args.max_model_len)]
+    if agent and args.reasoning_parser:
+        argv += ["--reasoning-parser", args.reasoning_parser]
+    if agent and args.chat_template:
+        argv += ["--chat-template", args.chat_template]
+    for extra in args.vllm_arg:
+        argv += shlex.split(extra)
+    return tuple(argv)
+
+
+def srun_argv(node: str, port: int, gpus: int, cpus: int) -> tuple[str, ...]:
+    """The job step that runs one server on one node: its GPUs asked of SLURM (which sets
+    CUDA_VISIBLE_DEVICES), only the CPUs it is given (--exact: steps run side by side), a name to find
+    it by when stopping."""
+    return ("srun", "--nodes=1", "--ntasks=1", f"--nodelist={node}", "--exact", f"--cpus-per-task={cpus}",
+            "--mem=0", *([f"--gres=gpu:{gpus}"] if gpus else []), f"--job-name={step_name(port)}",
+            "--kill-on-bad-exit=1")
+
+
+def step_name(port: int) -> str:
+    return f"run_local_{port}"
+
+
+def server_env(gpus: tuple[str, ...], lane: int, cache_root: str, cpu_kv_gib: str,
+               pin: bool = True, together: int = 0) -> tuple[tuple[str, str], ...]:
+    """Per-server environment: its GPUs (unless SLURM pins them), and a compile cache per lane.
+
+    Servers of one lane start one after another, so the first warms the cache for the rest; lanes start
+    at once, and never write the same cache (concurrent torch.compile writes have corrupted caches). A
+    server that starts together with earlier ones of its lane (`together`: how many) gets its own.
+    On the CPU a fixed KV-cache size: vLLM's CPU build otherwise reserves 92% of the memory node and
+    refuses to start when other processes hold some of it.
+    """
+    cache = ("VLLM_CACHE_ROOT", f"{cache_root}/run_local/lane{lane}" + (f"-{together}" if together else ""))
+    if gpus:
+        return (("CUDA_VISIBLE_DEVICES", ",".join(gpus)), cache) if pin else (cache,)
+    return (("VLLM_CPU_KVCACHE_SPACE", cpu_kv_gib), cache)
+
+
+def build_servers(args: argparse.Namespace, pools: Sequence[PoolSettings], nodes: Sequence[Node],
+                  ports: Iterator[int], cache_root: str, cpu_kv_gib: str, slurm: bool = False,
+                  gpu_mib: dict[str, int] | None = None, weight_bytes: dict[str, int] | None = None) -> tuple[ServerSpec, ...]:
+    """The fleet: placement, lanes, ports, KV-cache sizes and commands, with no process started.
+
+    gpu_mib (this machine's GPU id -> total MiB) and weight_bytes (model folder -> bytes of weights) size
+    the KV cache of servers that share a GPU; without them those servers profile memory and start in turn."""
+    placed = place_servers(pools, nodes)
+    lanes = assign_lanes([tuple(f"{node}:{g}" for g in gpus) for _, node, gpus in placed])
+    load = Counter((node, g) for _, node, gpus in placed for g in gpus)  # servers on each GPU
+    shared = sorted({slot_text(slot) for slot, servers in load.items() if servers > 1})
+    if slurm and shared:  # a step waits until SLURM can give it GPUs no other step holds
+        raise UsageError(f"under SLURM every server needs GPUs of its own, but GPU {shared[0]} would be shared; "
+                         "use fewer servers or allocate more GPUs")
+    cpus = step_cpus(placed, nodes) if slurm else {}
+    address = {n.name: n.address for n in nodes}
+    host = args.host or ("0.0.0.0" if slurm else "127.0.0.1")
+    specs: list[ServerSpec] = []
+    for (pool, node, gpus), lane in zip(placed, lanes):
+        port = next(ports)
+        sharers = max((load[(node, g)] for g in gpus), default=1)
+        mem = memory_share(sharers, args.gpu_memory_utilization) if gpus else None
+        sizes = [(gpu_mib or {}).get(g) for g in gpus]
+        weights = (weight_bytes or {}).get(pool.model)
+        kv = kv_cache_bytes(min(sizes) if sizes and None not in sizes else None, sharers, mem,
+                            weights // pool.tensor_parallel if weights else None)
+        earlier = [s for s in specs if s.lane == lane]
+        together = (len(earlier) if kv and earlier and args.stagger_delay is None
+                    and all(s.kv_cache_bytes for s in earlier) else 0)  # on the old clock they take turns
+        argv = vllm_argv(pool.model, pool.served_name, host, port, pool.tensor_parallel, mem, args,
+                         pool.role == "agent", kv)
+        if slurm:
+            argv = srun_argv(node, port, len(gpus), cpus[node]) + argv
+        specs.append(ServerSpec(pool.role, pool.model, pool.served_name, host, port, gpus, lane, argv,
+                                server_env(gpus, lane, cache_root, cpu_kv_gib, pin=not slurm, together=together),
+                                node, address[node], kv))
+    return tuple(specs)

@@ -1,0 +1,89 @@
+"""validation"""
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any, Sequence
+
+from .defaults import DEFAULT_LLM_ARGS, KNOWN_DOMAINS
+from .errors import UsageError
+
+
+def parse_gpu_ids(text: str | None, flag: str) -> tuple[str, ...] | None:
+    """'0,1,2' -> ('0', '1', '2'); repeats are bad input."""
+    if text is None:
+        return None
+    ids = tuple(x.strip() for x in text.split(",") if x.strip())
+    if not ids:
+        raise UsageError(f"{flag} is empty")
+    repeated = sorted({x for x in ids if ids.count(x) > 1})
+    if repeated:
+        raise UsageError(f"{flag} repeats GPU {', '.join(repeated)}")
+    return ids
+
+
+def parse_start_port(text: str) -> int | None:
+    """An int port, or None for 'auto'."""
+    if text == "auto":
+        return None
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise UsageError(f"--start-port must be a port number or 'auto', not {text!r}")
+    return int(text)
+
+
+def check_numbers(args: argparse.Namespace) -> None:
+    """Counts and sizes that must be positive."""
+    positive = {
+        "--num-servers": args.num_servers, "--max-steps": args.max_steps, "--num-trials": args.num_trials,
+        "--max-concurrency": args.max_concurrency, "--num-tasks": args.num_tasks,
+        "--tensor-parallel-size": args.tensor_parallel_size, "--servers-per-gpu": args.servers_per_gpu,
+        "--user-tensor-parallel-size": args.user_tensor_parallel_size, "--max-model-len": args.max_model_len,
+        "--server-timeout": args.server_timeout, "--max-new-tokens": args.max_new_tokens,
+        "--retry-timeout": args.retry_timeout, "--request-timeout": args.request_timeout,
+        "--user-max-concurrency": args.user_max_concurrency, "--user-max-rpm": args.user_max_rpm,
+        "--slurm-nodes": args.slurm_nodes, "--max-errors": args.max_errors, "--workers": args.workers,
+    }
+    for flag, value in positive.items():
+        if value is not None and value <= 0:
+            raise UsageError(f"{flag} must be positive, not {value}")
+    if args.stagger_delay is not None and args.stagger_delay < 0:
+        raise UsageError(f"--stagger-delay must not be negative, not {args.stagger_delay}")
+    if args.gpu_memory_utilization is not None and not 0 < args.gpu_memory_utilization <= 1:
+        raise UsageError(f"--gpu-memory-utilization must be in (0, 1], not {args.gpu_memory_utilization}")
+    unknown = [d for d in args.domains if d not in KNOWN_DOMAINS]
+    if unknown:
+        raise UsageError(f"unknown domain {unknown[0]!r}; choose from {', '.join(KNOWN_DOMAINS)}")
+    if len(set(args.domains)) != len(args.domains):
+        raise UsageError("--domains lists a domain twice")
+
+
+def parse_llm_args(text: str, flag: str) -> dict[str, Any]:
+    """A JSON object of sampling arguments, as `tau2 run` takes them."""
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"{flag} is not valid JSON ({exc}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"{flag} must be a JSON object such as {DEFAULT_LLM_ARGS}, not {text!r}")
+    return value
+
+
+def named_values(items: Sequence[str], flag: str) -> dict[str, str]:
+    """NAME=VALUE options, in order; a name given twice is bad input."""
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise UsageError(f"{flag} takes NAME=VALUE, not {item!r}")
+        if name in out:
+            raise UsageError(f"{flag} names {name!r} twice")
+        out[name] = value
+    return out
+
+
+def check_implementations(args: argparse.Namespace) -> None:
+    """τ²-bench's solo agent works only with its dummy user, and the dummy user only with it."""
+    if (args.agent == "llm_agent_solo") != (args.user == "dummy_user"):
+        raise UsageError("--agent llm_agent_solo and --user dummy_user go together (τ²-bench's solo mode)")
+    if args.expert and args.agent != "llm_agent":
+        raise UsageError(f"--expert works with --agent llm_agent, not {args.agent}")
