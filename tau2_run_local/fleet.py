@@ -13,7 +13,6 @@ from typing import Callable, Sequence
 
 from .errors import ServerFailed
 from .executors.base import Executor
-from .executors.local import LocalExecutor
 from .plan import ServerSpec
 from .readiness import serves
 
@@ -93,8 +92,8 @@ class Fleet:
     misses its deadline stops the start, and every process group is killed on the way out."""
 
     def __init__(self, specs: Sequence[ServerSpec], log_dir: Path, timeout: float,
-                 stagger: float | None, say: Callable[[str], None], executor: Executor | None = None):
-        self.executor = executor or LocalExecutor()
+                 stagger: float | None, say: Callable[[str], None], executor: Executor):
+        self.executor = executor
         self.servers = [Server(spec, log_dir, self.executor) for spec in specs]
         self.timeout, self.stagger, self.say = timeout, stagger, say
         self._checks = futures.ThreadPoolExecutor(max_workers=max(len(self.servers), 1))

@@ -7,4 +7,4 @@ from .slurm import SlurmExecutor
 
 
 def make_executor(name: str, env: dict[str, str]) -> Executor:
-    return SlurmExecutor(env["SLURM_JOB_ID"], env) if name == "slurm" else LocalExecutor()
+    return SlurmExecutor(env["SLURM_JOB_ID"], env) if name == "slurm" else LocalExecutor(env)

@@ -7,7 +7,7 @@ import os
 import signal
 import subprocess
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 from ..plan import ServerSpec
 
@@ -48,11 +48,12 @@ class Executor(Protocol):
         """Is anything of this server still running?"""
 
 
-def start_process(spec: ServerSpec, out: Any, err: Any) -> subprocess.Popen:
-    """The server's command in its own process group, sent SIGTERM if the launcher dies outright."""
+def start_process(spec: ServerSpec, out: Any, err: Any, env: Mapping[str, str]) -> subprocess.Popen:
+    """The server's command in its own process group, sent SIGTERM if the launcher dies outright; env is
+    the launcher's environment, which the server's own variables extend."""
     return subprocess.Popen(
         spec.argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-        env={**os.environ, **dict(spec.env), "PYTHONUNBUFFERED": "1"},
+        env={**env, **dict(spec.env), "PYTHONUNBUFFERED": "1"},
         start_new_session=True, preexec_fn=_die_with_parent)
 
 

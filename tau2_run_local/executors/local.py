@@ -2,14 +2,21 @@
 from __future__ import annotations
 
 import subprocess
+from typing import Any, Mapping
 
+from ..plan import ServerSpec
 from .base import group_members, kill_groups, start_process
 
 
 class LocalExecutor:
     """Servers as process groups on this machine: a signal reaches the server and its engine children."""
 
-    launch = staticmethod(start_process)
+    def __init__(self, env: Mapping[str, str]):
+        self.env = env
+
+    def launch(self, spec: ServerSpec, out: Any, err: Any) -> subprocess.Popen:
+        return start_process(spec, out, err, self.env)
+
     signal = staticmethod(kill_groups)
 
     @staticmethod

@@ -5,8 +5,9 @@ import contextlib
 import signal
 import subprocess
 import time
-from typing import Sequence
+from typing import Any, Sequence
 
+from ..plan import ServerSpec
 from .base import kill_groups, start_process
 
 
@@ -18,7 +19,8 @@ class SlurmExecutor:
     def __init__(self, job_id: str, env: dict[str, str], settle_s: float = 30.0):
         self.job_id, self.env, self.settle_s = job_id, env, settle_s
 
-    launch = staticmethod(start_process)
+    def launch(self, spec: ServerSpec, out: Any, err: Any) -> subprocess.Popen:
+        return start_process(spec, out, err, self.env)
 
     def alive(self, proc: subprocess.Popen) -> bool:
         return proc.poll() is None  # srun lasts as long as its step
