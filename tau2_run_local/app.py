@@ -1,7 +1,6 @@
 """app"""
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import signal
@@ -13,28 +12,24 @@ from typing import Any, Sequence
 
 from .checks import check_inputs
 from .dry_run import describe_plan
-from .endpoint_file import config_pools, read_model_config, write_model_config
+from .endpoint_file import config_pools, write_model_config
 from .errors import ServerFailed, UsageError
 from .evaluation import Evaluation, schedule
 from .executors import make_executor
-from .expert_plan import expert_pools
 from .fleet import Fleet
-from .host import free_ports, gpu_memory_mib, model_weight_bytes, visible_gpus
+from .host import survey_host
 from .loop import evaluate
-from .plan import Node, Plan, this_machine
-from .planner import build_plan, sbatch_nodes
+from .planner import build_plan
 from .progress import ProgressView
 from .report_files import LiveReport, how_to_finish, print_summary, write_report
 from .results import open_domain
 from .routing import Router
 from .sbatch import job_script, submit_job
 from .scoring import unparsed_tool_calls
-from .servers import CPU_KV_CACHE_GIB
-from .slurm_discovery import choose_executor, slurm_nodes
+from .settings import Request
 from .tasks import load_tasks, trial_seeds
 from .tau2_loader import load_tau2
 from .util import now_iso, secret_values
-from .validation import parse_start_port
 from .workers import make_simulators
 
 
@@ -51,29 +46,6 @@ def raise_open_file_limit() -> tuple[int, int]:
     return resource.getrlimit(resource.RLIMIT_NOFILE)
 
 
-def make_plan(args: argparse.Namespace, env: dict[str, str]) -> tuple[Plan, tuple[Node, ...]]:
-    """Read what the plan depends on (executor, nodes and GPUs, endpoint file, ports) and build it."""
-    executor = choose_executor(args, env)
-    if args.skip_server_start:
-        nodes: tuple[Node, ...] = ()
-    elif args.sbatch:
-        nodes = sbatch_nodes(args)
-    elif executor == "slurm":
-        nodes = slurm_nodes(env)
-    else:
-        nodes = this_machine(visible_gpus(env), os.cpu_count() or 1)
-    config = read_model_config(Path(args.model_config_path)) if args.skip_server_start else {}
-    start = parse_start_port(args.start_port)
-    ports = free_ports(args.host or "127.0.0.1") if start is None else iter(range(start, 65536))
-    cache_root = env.get("VLLM_CACHE_ROOT") or str(Path.home() / ".cache" / "vllm")
-    cpu_kv_gib = env.get("VLLM_CPU_KVCACHE_SPACE") or CPU_KV_CACHE_GIB
-    local_gpus = executor == "local" and any(n.gpus for n in nodes)
-    gpu_mib = gpu_memory_mib() if local_gpus else {}
-    weights = model_weight_bytes(args.agent_model, args.user_model, *(p.model for p in expert_pools(args))) if local_gpus else {}
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return build_plan(args, nodes, ports, config, cache_root, cpu_kv_gib, executor, gpu_mib, weights, cpus), nodes
-
-
 def install_signal_handlers() -> None:
     """SIGTERM and SIGHUP take the Ctrl-C path, so every way of stopping the launcher cleans up. A
     signal the caller chose to ignore stays ignored (nohup ignores SIGHUP, a shell's `&` SIGINT)."""
@@ -85,7 +57,7 @@ def install_signal_handlers() -> None:
             signal.signal(sig, interrupt)
 
 
-def evaluate_checkpoint(args: argparse.Namespace, argv: Sequence[str], console: Any) -> int:
+def evaluate_checkpoint(request: Request, argv: Sequence[str], console: Any) -> int:
     """One evaluation: check, start the servers, simulate, report, stop."""
     env = dict(os.environ)
     stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
@@ -96,15 +68,16 @@ def evaluate_checkpoint(args: argparse.Namespace, argv: Sequence[str], console: 
 
     # 1. check every input before any process starts
     try:
-        plan, nodes = make_plan(args, env)
-        check_inputs(args, plan, env)
-        if args.sbatch:
-            script = job_script(args, argv, nodes, Path.cwd())
-            if args.dry_run:
+        host = survey_host(request, env)
+        plan, nodes = build_plan(request, host), host.nodes
+        check_inputs(request, plan, env)
+        if request.sbatch:
+            script = job_script(request, argv, nodes, Path.cwd())
+            if request.dry_run:
                 console.print(script, markup=False)
                 return 0
             return submit_job(script, plan.log_dir, stamp, env)
-        if args.dry_run:
+        if request.dry_run:
             console.print(describe_plan(plan), markup=False)
             return 0
         log_path = plan.log_dir / f"run_local_{stamp}.log"
@@ -119,7 +92,7 @@ def evaluate_checkpoint(args: argparse.Namespace, argv: Sequence[str], console: 
     install_signal_handlers()
     raise_open_file_limit()
     began = time.monotonic()
-    fleet = Fleet(plan.servers, plan.log_dir, args.server_timeout, args.stagger_delay, say,
+    fleet = Fleet(plan.servers, plan.log_dir, request.server_timeout, request.stagger_delay, say,
                   make_executor(plan.executor, env))
     agent_pool = Router(plan.agent_urls)
     user_pool = Router(plan.user_urls) if plan.user_urls else None
@@ -145,7 +118,7 @@ def evaluate_checkpoint(args: argparse.Namespace, argv: Sequence[str], console: 
             batches = schedule(runs, trial_seeds(plan.eval.seed, plan.eval.num_trials), tasks,
                                plan.eval.parallel_domains)
             with ProgressView(console, ev, fleet if plan.servers else None) as view:
-                evaluate(ev, batches, sims, fleet if plan.servers else None, view, args.restart_dead_servers,
+                evaluate(ev, batches, sims, fleet if plan.servers else None, view, request.restart_dead_servers,
                          LiveReport(ev, secrets).maybe_write)
             code = 1 if any(run.error or run.done < run.total for run in runs.values()) else 0
     except ServerFailed as exc:
@@ -167,7 +140,7 @@ def evaluate_checkpoint(args: argparse.Namespace, argv: Sequence[str], console: 
         print(f"run_local.py: {untaken} agent replies hold a tool call as text (JSON with \"name\" and "
               f"\"arguments\") that the servers' tool-call parser did not turn into a call; pick the model's "
               f"parser with --tool-call-parser (bare JSON calls: llama3_json)"
-              + ("" if args.skip_server_start else f"; this run used {args.tool_call_parser}"),
+              + ("" if request.skip_server_start else f"; this run used {request.tool_call_parser}"),
               file=sys.stderr)
     unfinished = how_to_finish(runs, argv, secrets)
     if unfinished:

@@ -1,7 +1,6 @@
 """checks"""
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 
@@ -9,6 +8,7 @@ from .errors import UsageError
 from .host import check_ports
 from .plan import Plan
 from .readiness import serves
+from .settings import Request
 
 
 def check_model_dir(path: str, flag: str) -> None:
@@ -51,14 +51,14 @@ def check_endpoints(plan: Plan) -> None:
             raise UsageError(f"user-simulator endpoint {url} does not answer /health")
 
 
-def check_inputs(args: argparse.Namespace, plan: Plan, env: dict[str, str]) -> None:
+def check_inputs(request: Request, plan: Plan, env: dict[str, str]) -> None:
     """Everything that can be known wrong before a process starts."""
     if plan.servers:
-        check_model_dir(args.agent_model, "--agent-model")
-        if args.user_model:
-            check_model_dir(args.user_model, "--user-model")
-        if args.chat_template and not Path(args.chat_template).is_file():
-            raise UsageError(f"--chat-template {args.chat_template}: no such file")
+        check_model_dir(request.agent_model, "--agent-model")
+        if request.user_model:
+            check_model_dir(request.user_model, "--user-model")
+        if request.chat_template and not Path(request.chat_template).is_file():
+            raise UsageError(f"--chat-template {request.chat_template}: no such file")
         if plan.executor == "local":  # a SLURM node's ports can only be seen there
             check_ports(plan.servers)
     key = needed_api_key(plan.user_llm) if not plan.user_urls else None

@@ -5,28 +5,29 @@ import os
 import sys
 from typing import Sequence
 
-from .app import evaluate_checkpoint
+from .app import evaluate_checkpoint, install_signal_handlers
 from .compare import compare_outputs
 from .errors import UsageError
-from .settings import build_parser
+from .settings import parse_request
 from .watch import watch_checkpoints
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    request = parse_request(argv, os.environ)
     from rich.console import Console
 
     console = Console(highlight=False, soft_wrap=True)
     try:
-        if args.compare:
-            return compare_outputs(args, console)
-        if args.watch:
-            return watch_checkpoints(args, argv, console)
+        if request.compare:
+            return compare_outputs(request, console)
+        if request.watch:
+            install_signal_handlers()  # Ctrl-C and SIGTERM stop the watch and its evaluation alike
+            return watch_checkpoints(request, argv, console, evaluate_checkpoint)
     except UsageError as exc:
         print(f"run_local.py: error: {exc}", file=sys.stderr)
         return 2
-    return evaluate_checkpoint(args, argv, console)
+    return evaluate_checkpoint(request, argv, console)
 
 
 def run() -> None:

@@ -1,7 +1,6 @@
 """compare"""
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +10,7 @@ from .errors import UsageError
 from .pages import esc, html_page, svg_plot
 from .results import comparable_fields
 from .scoring import is_success, pass_hat_k
+from .settings import Request
 from .util import atomic_write, now_iso
 
 BOOTSTRAP_RESAMPLES = 2000
@@ -237,16 +237,16 @@ def print_comparison(console: Any, table: dict[str, Any]) -> None:
     console.print(out)
 
 
-def compare_outputs(args: argparse.Namespace, console: Any) -> int:
+def compare_outputs(request: Request, console: Any) -> int:
     """--compare: read earlier output folders, write compare.md and compare.html, print the table."""
-    folders = [read_output_folder(Path(p)) for p in args.compare]
+    folders = [read_output_folder(Path(p)) for p in request.compare]
     for other in folders[1:]:
         reasons = incomparable(folders[0], other)
-        if reasons and not args.force:
+        if reasons and not request.force:
             raise UsageError(f"{other.path} is not comparable with {folders[0].path}: {'; '.join(reasons)} "
                              "(--force compares anyway)")
     table = compare_folders(folders)
-    out = Path(args.output_dir)
+    out = Path(request.output_dir)
     atomic_write(out / "compare.md", compare_markdown(table))
     atomic_write(out / "compare.html", compare_html(table))
     atomic_write(out / "compare.json", json.dumps(table, indent=2) + "\n")

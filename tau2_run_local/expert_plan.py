@@ -1,7 +1,6 @@
 """expert_plan"""
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any, Sequence
@@ -9,6 +8,7 @@ from typing import Any, Sequence
 from .defaults import DEFAULT_POLICY_ADDENDUM
 from .errors import UsageError
 from .plan import Expert, PoolSettings, ServerSpec, hosted
+from .settings import Request
 from .validation import named_values, parse_gpu_ids
 
 
@@ -32,10 +32,10 @@ def read_expert_info(path: str | None) -> dict[str, dict[str, Any]]:
     return doc
 
 
-def read_prices(args: argparse.Namespace, info: dict[str, dict[str, Any]],
+def read_prices(request: Request, info: dict[str, dict[str, Any]],
                 experts: dict[str, str]) -> tuple[tuple[str, float, float], ...]:
     """$ per million tokens the user gave: --price MODEL=IN,OUT, and --expert-info's prices."""
-    given = {name: value.split(",") for name, value in named_values(args.price, "--price").items()}
+    given = {name: value.split(",") for name, value in named_values(request.price, "--price").items()}
     given |= {experts[name]: entry["price"] for name, entry in info.items() if "price" in entry and name in experts}
     prices = []
     for model, pair in given.items():
@@ -48,12 +48,12 @@ def read_prices(args: argparse.Namespace, info: dict[str, dict[str, Any]],
     return tuple(prices)
 
 
-def expert_pools(args: argparse.Namespace) -> tuple[PoolSettings, ...]:
+def expert_pools(request: Request) -> tuple[PoolSettings, ...]:
     """The experts given as checkpoint folders: each one a pool of this fleet, served under its name."""
-    experts = named_values(args.expert, "--expert")
-    counts = named_values(args.expert_servers, "--expert-servers")
-    tps = named_values(args.expert_tensor_parallel_size, "--expert-tensor-parallel-size")
-    gpus = named_values(args.expert_gpu_ids, "--expert-gpu-ids")
+    experts = named_values(request.expert, "--expert")
+    counts = named_values(request.expert_servers, "--expert-servers")
+    tps = named_values(request.expert_tensor_parallel_size, "--expert-tensor-parallel-size")
+    gpus = named_values(request.expert_gpu_ids, "--expert-gpu-ids")
     for flag, given in (("--expert-servers", counts), ("--expert-tensor-parallel-size", tps),
                         ("--expert-gpu-ids", gpus)):
         stray = [n for n in given if n not in experts or not is_folder(experts[n])]
@@ -72,12 +72,12 @@ def expert_pools(args: argparse.Namespace) -> tuple[PoolSettings, ...]:
                  for name, model in experts.items() if is_folder(model))
 
 
-def resolve_experts(args: argparse.Namespace, servers: Sequence[ServerSpec],
+def resolve_experts(request: Request, servers: Sequence[ServerSpec],
                     config: dict[str, tuple[str, ...]]) -> tuple[Expert, ...]:
     """Where each expert is reached: its pool in this fleet, the endpoint file's servers, or its API."""
-    experts = named_values(args.expert, "--expert")
-    described = named_values(args.expert_description, "--expert-description")
-    info = read_expert_info(args.expert_info)
+    experts = named_values(request.expert, "--expert")
+    described = named_values(request.expert_description, "--expert-description")
+    info = read_expert_info(request.expert_info)
     for name in [*described, *info]:
         if name not in experts:
             raise UsageError(f"{name!r} is described but no --expert {name}=MODEL is given")
@@ -86,9 +86,9 @@ def resolve_experts(args: argparse.Namespace, servers: Sequence[ServerSpec],
         if name in ("agent", "user"):
             raise UsageError(f"--expert {name}: the names agent and user are taken; call it something else")
         if is_folder(model):
-            if args.skip_server_start:
+            if request.skip_server_start:
                 raise UsageError(f"--expert {name}={model} is a checkpoint folder, but --skip-server-start starts "
-                                 f"no server: list its servers in {args.model_config_path} under a name instead")
+                                 f"no server: list its servers in {request.model_config_path} under a name instead")
             where = (tuple(s.url for s in servers if s.role == "expert" and s.served_name == name), hosted(name), "served")
         elif model in config:
             where = (config[model], hosted(model), "endpoint file")

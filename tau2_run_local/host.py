@@ -2,13 +2,21 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import subprocess
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from .defaults import CPU_KV_CACHE_GIB
+from .endpoint_file import read_model_config
 from .errors import UsageError
-from .plan import ServerSpec
+from .expert_plan import expert_pools
+from .plan import Host, Node, ServerSpec, this_machine
+from .planner import sbatch_nodes
+from .settings import Request
+from .slurm_discovery import choose_executor, slurm_nodes
+from .validation import parse_start_port
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")  # files that hold a model's weights
 
@@ -80,3 +88,29 @@ def check_ports(servers: Sequence[ServerSpec]) -> None:
         if not port_is_free(spec.host, spec.port):
             raise UsageError(f"port {spec.port} on {spec.host} is in use; free it, pick --start-port, "
                              "or use --start-port auto")
+
+
+def survey_host(request: Request, env: dict[str, str]) -> Host:
+    """Read what the plan depends on: the executor, the nodes and their GPUs, the endpoint file, ports,
+    GPU memory and weight sizes, the CPUs here."""
+    executor = choose_executor(request, env)
+    if request.skip_server_start:
+        nodes: tuple[Node, ...] = ()
+    elif request.sbatch:
+        nodes = sbatch_nodes(request)
+    elif executor == "slurm":
+        nodes = slurm_nodes(env)
+    else:
+        nodes = this_machine(visible_gpus(env), os.cpu_count() or 1)
+    config = read_model_config(Path(request.model_config_path)) if request.skip_server_start else {}
+    start = parse_start_port(request.start_port)
+    ports = free_ports(request.host or "127.0.0.1") if start is None else iter(range(start, 65536))
+    local_gpus = executor == "local" and any(n.gpus for n in nodes)
+    experts = (p.model for p in expert_pools(request))
+    return Host(
+        nodes=nodes, ports=ports, config=config,
+        cache_root=env.get("VLLM_CACHE_ROOT") or str(Path.home() / ".cache" / "vllm"),
+        cpu_kv_gib=env.get("VLLM_CPU_KVCACHE_SPACE") or CPU_KV_CACHE_GIB, executor=executor,
+        gpu_mib=gpu_memory_mib() if local_gpus else {},
+        weight_bytes=model_weight_bytes(request.agent_model, request.user_model, *experts) if local_gpus else {},
+        cpus=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)

@@ -4,9 +4,9 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
-from .defaults import MAX_ERRORS
+from .defaults import CPU_KV_CACHE_GIB, MAX_ERRORS
 
 
 @dataclass(frozen=True)
@@ -160,3 +160,19 @@ def this_machine(gpus: tuple[str, ...], cpus: int = 1) -> tuple[Node, ...]:
 def hosted(name: str) -> str:
     """litellm's model string for a name served by vLLM."""
     return name if name.startswith("hosted_vllm/") else f"hosted_vllm/{name}"
+
+
+@dataclass(frozen=True)
+class Host:
+    """What this machine (or the SLURM allocation) showed before planning: the planner's only view of
+    the world, so that planning stays a pure function of a Request and a Host."""
+
+    nodes: tuple[Node, ...]  # () with --skip-server-start
+    ports: Iterator[int]  # the ports to give servers, in order
+    cache_root: str  # VLLM_CACHE_ROOT, under which each lane gets a compile cache
+    config: dict[str, tuple[str, ...]] = field(default_factory=dict)  # a read endpoint file
+    cpu_kv_gib: str = CPU_KV_CACHE_GIB  # KV cache per server without GPU
+    executor: str = "local"  # "local" or "slurm"
+    gpu_mib: dict[str, int] = field(default_factory=dict)  # GPU id -> total MiB, where nvidia-smi said
+    weight_bytes: dict[str, int] = field(default_factory=dict)  # model folder -> bytes of weights
+    cpus: int = 1  # CPUs the simulations may use here

@@ -1,7 +1,6 @@
 """sbatch"""
 from __future__ import annotations
 
-import argparse
 import shlex
 import subprocess
 import sys
@@ -9,6 +8,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .plan import Node
+from .settings import Request
 from .util import atomic_write, launcher_argv
 
 SBATCH_ONLY_FLAGS = ("--sbatch", "--slurm-partition", "--slurm-account", "--slurm-time", "--slurm-nodes",
@@ -30,19 +30,19 @@ def job_argv(argv: Sequence[str]) -> list[str]:
     return [*out, "--executor", "slurm"]
 
 
-def job_script(args: argparse.Namespace, argv: Sequence[str], nodes: Sequence[Node], cwd: Path) -> str:
+def job_script(request: Request, argv: Sequence[str], nodes: Sequence[Node], cwd: Path) -> str:
     """The batch script: the resources the plan needs, a warning signal before the time limit (the
     launcher stops its steps and writes its report), and the launcher in the batch shell itself (under
     srun the steps it starts would wait forever)."""
-    log = Path(args.log_dir).resolve() / "slurm-%j.out"
+    log = Path(request.log_dir).resolve() / "slurm-%j.out"
     lines = ["#!/bin/bash", "#SBATCH --job-name=run_local", f"#SBATCH --nodes={len(nodes)}",
              "#SBATCH --ntasks-per-node=1", f"#SBATCH --cpus-per-task={nodes[0].cpus}",
              f"#SBATCH --gres=gpu:{len(nodes[0].gpus)}", f"#SBATCH --output={log}", "#SBATCH --signal=B:TERM@120"]
-    for flag, value in (("partition", args.slurm_partition), ("account", args.slurm_account),
-                        ("time", args.slurm_time)):
+    for flag, value in (("partition", request.slurm_partition), ("account", request.slurm_account),
+                        ("time", request.slurm_time)):
         if value:
             lines.append(f"#SBATCH --{flag}={value}")
-    lines += [f"#SBATCH {extra}" for extra in args.sbatch_arg]
+    lines += [f"#SBATCH {extra}" for extra in request.sbatch_arg]
     lines += [f"cd {shlex.quote(str(cwd))}",
               "exec " + shlex.join([*launcher_argv(), *job_argv(argv)])]
     return "\n".join(lines) + "\n"

@@ -1,7 +1,6 @@
 """servers"""
 from __future__ import annotations
 
-import argparse
 import shlex
 import sys
 from collections import Counter
@@ -10,30 +9,29 @@ from typing import Iterator, Sequence
 from .errors import UsageError
 from .placement import assign_lanes, kv_cache_bytes, memory_share, place_servers, slot_text, step_cpus
 from .plan import Node, PoolSettings, ServerSpec
-
-CPU_KV_CACHE_GIB = "2"  # KV cache per server on a machine without GPU
+from .settings import Request
 
 
 def vllm_argv(model: str, served: str, host: str, port: int, tp: int, mem: float | None,
-              args: argparse.Namespace, agent: bool, kv_bytes: int | None = None) -> tuple[str, ...]:
+              request: Request, agent: bool, kv_bytes: int | None = None) -> tuple[str, ...]:
     """The exact vLLM command for one server. Tool calling is on for every server (in telecom the user
     simulator calls tools too); the chat template and reasoning parser are the agent's alone."""
     argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
             "--served-model-name", served, "--host", host, "--port", str(port),
-            "--enable-auto-tool-choice", "--tool-call-parser", args.tool_call_parser]
+            "--enable-auto-tool-choice", "--tool-call-parser", request.tool_call_parser]
     if tp > 1:
         argv += ["--tensor-parallel-size", str(tp)]
     if mem is not None:  # kept beside a fixed KV cache: vLLM checks it against free memory at start
         argv += ["--gpu-memory-utilization", str(mem)]
     if kv_bytes is not None:
         argv += ["--kv-cache-memory-bytes", str(kv_bytes)]
-    if args.max_model_len:
-        argv += ["--max-model-len", str(args.max_model_len)]
-    if agent and args.reasoning_parser:
-        argv += ["--reasoning-parser", args.reasoning_parser]
-    if agent and args.chat_template:
-        argv += ["--chat-template", args.chat_template]
-    for extra in args.vllm_arg:
+    if request.max_model_len:
+        argv += ["--max-model-len", str(request.max_model_len)]
+    if agent and request.reasoning_parser:
+        argv += ["--reasoning-parser", request.reasoning_parser]
+    if agent and request.chat_template:
+        argv += ["--chat-template", request.chat_template]
+    for extra in request.vllm_arg:
         argv += shlex.split(extra)
     return tuple(argv)
 
@@ -67,7 +65,7 @@ def server_env(gpus: tuple[str, ...], lane: int, cache_root: str, cpu_kv_gib: st
     return (("VLLM_CPU_KVCACHE_SPACE", cpu_kv_gib), cache)
 
 
-def build_servers(args: argparse.Namespace, pools: Sequence[PoolSettings], nodes: Sequence[Node],
+def build_servers(request: Request, pools: Sequence[PoolSettings], nodes: Sequence[Node],
                   ports: Iterator[int], cache_root: str, cpu_kv_gib: str, slurm: bool = False,
                   gpu_mib: dict[str, int] | None = None, weight_bytes: dict[str, int] | None = None) -> tuple[ServerSpec, ...]:
     """The fleet: placement, lanes, ports, KV-cache sizes and commands, with no process started.
@@ -83,20 +81,20 @@ def build_servers(args: argparse.Namespace, pools: Sequence[PoolSettings], nodes
                          "use fewer servers or allocate more GPUs")
     cpus = step_cpus(placed, nodes) if slurm else {}
     address = {n.name: n.address for n in nodes}
-    host = args.host or ("0.0.0.0" if slurm else "127.0.0.1")
+    host = request.host or ("0.0.0.0" if slurm else "127.0.0.1")
     specs: list[ServerSpec] = []
     for (pool, node, gpus), lane in zip(placed, lanes):
         port = next(ports)
         sharers = max((load[(node, g)] for g in gpus), default=1)
-        mem = memory_share(sharers, args.gpu_memory_utilization) if gpus else None
+        mem = memory_share(sharers, request.gpu_memory_utilization) if gpus else None
         sizes = [(gpu_mib or {}).get(g) for g in gpus]
         weights = (weight_bytes or {}).get(pool.model)
         kv = kv_cache_bytes(min(sizes) if sizes and None not in sizes else None, sharers, mem,
                             weights // pool.tensor_parallel if weights else None)
         earlier = [s for s in specs if s.lane == lane]
-        together = (len(earlier) if kv and earlier and args.stagger_delay is None
+        together = (len(earlier) if kv and earlier and request.stagger_delay is None
                     and all(s.kv_cache_bytes for s in earlier) else 0)  # on the old clock they take turns
-        argv = vllm_argv(pool.model, pool.served_name, host, port, pool.tensor_parallel, mem, args,
+        argv = vllm_argv(pool.model, pool.served_name, host, port, pool.tensor_parallel, mem, request,
                          pool.role == "agent", kv)
         if slurm:
             argv = srun_argv(node, port, len(gpus), cpus[node]) + argv

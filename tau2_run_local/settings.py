@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import os
+from dataclasses import dataclass, fields
+from typing import Mapping, Sequence
 
 from . import __version__
 from .defaults import (
@@ -50,6 +51,264 @@ Rerunning the same command resumes; --overwrite starts the results afresh.
 """
 
 
+@dataclass(frozen=True)
+class Request:
+    """What the user asked for, typed: the command line read once, at the edge. Everything below the
+    command line takes a Request, never argparse's Namespace; the parser (add_cli_args) holds the
+    defaults, so build one with parse_request(argv, env) and vary it with dataclasses.replace."""
+
+    # models
+    agent_model: str | None
+    served_model_name: str | None
+    user_llm: str
+    user_api_base: str | None
+    user_model: str | None
+    user_gpu_ids: str | None
+    user_tensor_parallel_size: int
+    # servers
+    num_servers: int | None
+    gpu_ids: str | None
+    tensor_parallel_size: int
+    servers_per_gpu: int
+    gpu_memory_utilization: float | None
+    max_model_len: int | None
+    tool_call_parser: str
+    reasoning_parser: str | None
+    chat_template: str | None
+    vllm_arg: tuple[str, ...]
+    host: str | None
+    start_port: str
+    stagger_delay: float | None
+    server_timeout: float
+    restart_dead_servers: bool
+    skip_server_start: bool
+    model_config_path: str
+    log_dir: str
+    # SLURM
+    executor: str
+    sbatch: bool
+    slurm_partition: str | None
+    slurm_account: str | None
+    slurm_time: str | None
+    slurm_nodes: int | None
+    sbatch_arg: tuple[str, ...]
+    # evaluation
+    domains: tuple[str, ...]
+    num_tasks: int | None
+    task_ids: tuple[str, ...] | None
+    num_trials: int
+    max_steps: int
+    max_concurrency: int | None
+    workers: int | None
+    seed: int
+    agent_llm_args: str
+    user_llm_args: str
+    max_new_tokens: int | None
+    max_errors: int
+    task_set_name: str | None
+    task_split_name: str
+    agent: str
+    user: str
+    parallel_domains: bool
+    overwrite: bool
+    output_dir: str
+    # experts: models the agent can hand a turn to (the orchestration setting)
+    expert: tuple[str, ...]
+    expert_description: tuple[str, ...]
+    expert_info: str | None
+    expert_servers: tuple[str, ...]
+    expert_tensor_parallel_size: tuple[str, ...]
+    expert_gpu_ids: tuple[str, ...]
+    agent_policy_addendum: str | None
+    price: tuple[str, ...]
+    # faults and pacing (a fault of the machinery is retried, never scored)
+    retry_timeout: float
+    request_timeout: float
+    user_max_concurrency: int | None
+    user_max_rpm: float | None
+    # comparing checkpoints (no server, no evaluation)
+    compare: tuple[str, ...] | None
+    force: bool
+    # watching a training run
+    watch: str | None
+    watch_once: bool
+    watch_interval: float
+    # what to do
+    dry_run: bool
+
+    @staticmethod
+    def add_cli_args(p: argparse.ArgumentParser) -> None:
+        """Every option, with its default and help: the seed script's, plus placement and evaluation."""
+        m = p.add_argument_group("models")
+        m.add_argument("--agent-model",
+                       help="agent checkpoint folder (default: $CKPT_DIR)")
+        m.add_argument("--served-model-name",
+                       help="model name the agent servers answer to; the key of the endpoint file "
+                            "(default: the --agent-model path, as vLLM does)")
+        m.add_argument("--user-llm", default="gpt-4o",
+                       help="user-simulator model: a litellm name (gpt-4o, claude-...), a name served at "
+                            "--user-api-base, or the agent's served name to let the agent servers play the user "
+                            "(default: gpt-4o)")
+        m.add_argument("--user-api-base", help="OpenAI-compatible URL serving --user-llm, e.g. http://host:8000/v1")
+        m.add_argument("--user-model", help="user-simulator checkpoint: start a vLLM server for it in the same fleet")
+        m.add_argument("--user-gpu-ids", help="GPUs for the --user-model server (default: the last free ones)")
+        m.add_argument("--user-tensor-parallel-size", type=int, default=1, help="GPUs per user server (default: 1)")
+
+        s = p.add_argument_group("servers")
+        s.add_argument("--num-servers", type=int,
+                       help=f"agent servers to start (default: {SEED_SCRIPT_SERVERS}, capped to the GPU groups "
+                            "available; 1 on a machine without GPU)")
+        s.add_argument("--gpu-ids", help="comma-separated GPU ids to use (default: every visible GPU, "
+                                          "honouring CUDA_VISIBLE_DEVICES)")
+        s.add_argument("--tensor-parallel-size", type=int, default=1, help="GPUs per agent server (default: 1)")
+        s.add_argument("--servers-per-gpu", type=int, default=1,
+                       help="agent servers sharing one GPU group, for small models (default: 1)")
+        s.add_argument("--gpu-memory-utilization", type=float,
+                       help="vLLM memory share per server (default: vLLM's 0.9, split when servers share a GPU)")
+        s.add_argument("--max-model-len", type=int, help="context length (telecom needs ~16k tokens)")
+        s.add_argument("--tool-call-parser", default="hermes", help="vLLM tool-call parser (default: hermes)")
+        s.add_argument("--reasoning-parser", help="vLLM reasoning parser, for thinking models")
+        s.add_argument("--chat-template", help="chat template file for the agent model")
+        s.add_argument("--vllm-arg", action="append", default=[], metavar="ARG",
+                       help="extra vLLM flag, repeatable: --vllm-arg=--enforce-eager")
+        s.add_argument("--host", help="address the servers bind (default: 127.0.0.1; 0.0.0.0 under SLURM, so that "
+                                       "other nodes reach them)")
+        s.add_argument("--start-port", default="1900",
+                       help="first server port, or 'auto' for free ones (default: 1900)")
+        s.add_argument("--stagger-delay", type=float,
+                       help="old behaviour: start servers this many seconds apart regardless of health "
+                            "(default: a server's successor on its GPU starts as soon as it serves)")
+        s.add_argument("--server-timeout", type=float, default=600,
+                       help="seconds a server may take to serve (default: 600)")
+        s.add_argument("--restart-dead-servers", action="store_true",
+                       help="restart a server that dies during the evaluation, in place")
+        s.add_argument("--skip-server-start", action="store_true",
+                       help="use the servers listed in --model-config-path (they may be on other hosts)")
+        s.add_argument("--model-config-path", default="model_config_local.json",
+                       help="endpoint file written (or, with --skip-server-start, read) (default: model_config_local.json)")
+        s.add_argument("--log-dir", default="logs", help="server and run logs (default: logs)")
+
+        c = p.add_argument_group("SLURM")
+        c.add_argument("--executor", choices=("auto", "local", "slurm"), default="auto",
+                       help="where servers run: 'local' processes on this machine, or 'slurm' job steps over the "
+                            "nodes of the allocation this runs in (default: auto, slurm inside an allocation)")
+        c.add_argument("--sbatch", action="store_true",
+                       help="from a login node: write a job script with the resources the plan needs, submit it "
+                            "and print how to follow it; the job runs this same command")
+        c.add_argument("--slurm-partition", help="--sbatch: partition")
+        c.add_argument("--slurm-account", help="--sbatch: account")
+        c.add_argument("--slurm-time", help="--sbatch: time limit, e.g. 04:00:00")
+        c.add_argument("--slurm-nodes", type=int, help="--sbatch: nodes to allocate (default: 1)")
+        c.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG",
+                       help="--sbatch: another #SBATCH line, repeatable: --sbatch-arg=--qos=high")
+
+        e = p.add_argument_group("evaluation")
+        e.add_argument("--domains", nargs="+", default=list(DEFAULT_DOMAINS), metavar="DOMAIN",
+                       help=f"domains to run, of {', '.join(KNOWN_DOMAINS)} (default: {' '.join(DEFAULT_DOMAINS)})")
+        e.add_argument("--num-tasks", type=int, help="first N tasks of each domain (default: all)")
+        e.add_argument("--task-ids", nargs="+", metavar="ID", help="only these task ids")
+        e.add_argument("--num-trials", type=int, default=1, help="trials per task, for pass^k (default: 1)")
+        e.add_argument("--max-steps", type=int, default=200, help="steps per simulation (default: 200)")
+        e.add_argument("--max-concurrency", type=int,
+                       help="simulations in flight at once, fixed (default: adaptive: 16 per agent server at "
+                            "first, growing to at most 256 per server while vLLM's /metrics show no request "
+                            "waiting and room in the KV cache)")
+        e.add_argument("--workers", type=int,
+                       help="processes that run the simulations; one is GIL-bound at about 1.3 simulations a "
+                            "second (default: one per 8 simulations of the ceiling, at most half the CPUs; "
+                            "1 runs them in the launcher's own process)")
+        e.add_argument("--seed", type=int, default=300, help="τ²-bench seed (default: 300)")
+        e.add_argument("--agent-llm-args", default=DEFAULT_LLM_ARGS, metavar="JSON",
+                       help=f"the agent's sampling arguments, as `tau2 run` takes them (default: {DEFAULT_LLM_ARGS})")
+        e.add_argument("--user-llm-args", default=DEFAULT_LLM_ARGS, metavar="JSON",
+                       help=f"the user simulator's sampling arguments (default: {DEFAULT_LLM_ARGS})")
+        e.add_argument("--max-new-tokens", type=int,
+                       help="shortcut for max_tokens in both --agent-llm-args and --user-llm-args, where they do "
+                            "not set it (default: none, as τ²-bench; small models that ramble until the context "
+                            "is full need one)")
+        e.add_argument("--max-errors", type=int, default=MAX_ERRORS,
+                       help=f"tool errors in a row that end a simulation, as `tau2 run` (default: {MAX_ERRORS})")
+        e.add_argument("--task-set-name", help="τ²-bench task set, e.g. telecom_full or telecom_small "
+                                               "(default: the domain's own)")
+        e.add_argument("--task-split-name", default="base",
+                       help="task split, as `tau2 run` (default: base, where the task set has splits)")
+        e.add_argument("--agent", choices=AGENTS, default="llm_agent",
+                       help="τ²-bench's agent implementation (default: llm_agent; llm_agent_solo needs --user dummy_user)")
+        e.add_argument("--user", choices=USERS, default="user_simulator",
+                       help="τ²-bench's user implementation (default: user_simulator)")
+        e.add_argument("--parallel-domains", action="store_true",
+                       help="run all domains at once over the shared servers")
+        e.add_argument("--overwrite", action="store_true",
+                       help="discard earlier results in --output-dir instead of resuming")
+        e.add_argument("--output-dir", default="outputs", help="results folder (default: outputs)")
+
+        x = p.add_argument_group("experts: models the agent can hand a turn to (the orchestration setting)")
+        x.add_argument("--expert", action="append", default=[], metavar="NAME=MODEL",
+                       help="an expert the agent calls through its call_expert tool, repeatable. MODEL is a "
+                            "checkpoint folder (served in this fleet as a pool of its own), a model listed in the "
+                            "endpoint file (servers already up), or a litellm model name (called through its API)")
+        x.add_argument("--expert-description", action="append", default=[], metavar="NAME=TEXT",
+                       help="what the agent is told about an expert, repeatable (default: its model's name)")
+        x.add_argument("--expert-info", metavar="FILE",
+                       help='JSON file: {"NAME": {"description": "...", "price": [in, out]}}, prices in $ per '
+                            "million tokens")
+        x.add_argument("--expert-servers", action="append", default=[], metavar="NAME=N",
+                       help="servers of a served expert's pool (default: 1)")
+        x.add_argument("--expert-tensor-parallel-size", action="append", default=[], metavar="NAME=K",
+                       help="GPUs per server of a served expert (default: 1)")
+        x.add_argument("--expert-gpu-ids", action="append", default=[], metavar="NAME=IDS",
+                       help="GPUs of a served expert's pool, e.g. gpt=6,7 (default: the last free ones)")
+        x.add_argument("--agent-policy-addendum", metavar="FILE",
+                       help="text added to the agent's policy when it has experts, e.g. the wording a checkpoint "
+                            "was trained with (default: this launcher's own, shown by --dry-run)")
+        x.add_argument("--price", action="append", default=[], metavar="MODEL=IN,OUT",
+                       help="$ per million prompt and completion tokens of a model litellm does not price "
+                            "(a local one), for the cost in the summary, repeatable")
+
+        f = p.add_argument_group("faults and pacing (a fault of the machinery is retried, never scored)")
+        f.add_argument("--retry-timeout", type=float, default=RETRY_TIMEOUT_S,
+                       help="seconds one simulation may spend retrying calls that failed for the machinery's sake "
+                            "(rate limits, HTTP 5xx, timeouts, lost connections); past it the simulation is left "
+                            "undone, not scored, and a rerun finishes it; an endpoint that answers nothing but "
+                            f"errors this long stops its domain (default: {RETRY_TIMEOUT_S:.0f})")
+        f.add_argument("--request-timeout", type=float, default=REQUEST_TIMEOUT_S,
+                       help=f"seconds one model call may take before it is retried as a timeout (default: {REQUEST_TIMEOUT_S:.0f})")
+        f.add_argument("--user-max-concurrency", type=int,
+                       help="user-simulator calls in flight at once, to stay under a hosted API's limits "
+                            "(default: --max-concurrency)")
+        f.add_argument("--user-max-rpm", type=float,
+                       help="user-simulator calls started per minute, at most (default: no cap)")
+        r = p.add_argument_group("comparing checkpoints (no server, no evaluation)")
+        r.add_argument("--compare", nargs="+", metavar="DIR",
+                       help="compare earlier output folders (the first is the baseline): reward and pass^k with 95%% "
+                            "intervals, paired differences, flipped tasks; writes compare.md and compare.html "
+                            "to --output-dir")
+        r.add_argument("--force", action="store_true",
+                       help="with --compare: compare folders whose settings differ (user model, sampling, ...)")
+        w = p.add_argument_group("watching a training run")
+        w.add_argument("--watch", metavar="DIR",
+                       help="evaluate every checkpoint folder under DIR (a folder with config.json) in order of "
+                            "creation, each into <output-dir>/<checkpoint>/, and keep watching for new ones until Ctrl-C")
+        w.add_argument("--watch-once", action="store_true",
+                       help="with --watch: stop when no checkpoint is left to evaluate")
+        w.add_argument("--watch-interval", type=float, default=60,
+                       help="with --watch: seconds between looks; a checkpoint whose files changed within this time "
+                            "is still being written (default: 60)")
+        p.add_argument("--dry-run", action="store_true",
+                       help="print the plan (placement, ports, exact commands) and start nothing")
+        p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+
+    @classmethod
+    def from_cli_args(cls, ns: argparse.Namespace, env: Mapping[str, str]) -> Request:
+        """The parsed command line as a Request: lists become tuples, and --agent-model falls back to
+        $CKPT_DIR, as the seed script's does."""
+        values = {f.name: getattr(ns, f.name) for f in fields(cls)}
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        if values["agent_model"] is None:
+            values["agent_model"] = env.get("CKPT_DIR")
+        return cls(**values)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line: the seed script's options with its defaults, plus placement and evaluation."""
     p = argparse.ArgumentParser(
@@ -58,162 +317,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    m = p.add_argument_group("models")
-    m.add_argument("--agent-model", default=os.environ.get("CKPT_DIR"),
-                   help="agent checkpoint folder (default: $CKPT_DIR)")
-    m.add_argument("--served-model-name",
-                   help="model name the agent servers answer to; the key of the endpoint file "
-                        "(default: the --agent-model path, as vLLM does)")
-    m.add_argument("--user-llm", default="gpt-4o",
-                   help="user-simulator model: a litellm name (gpt-4o, claude-...), a name served at "
-                        "--user-api-base, or the agent's served name to let the agent servers play the user "
-                        "(default: gpt-4o)")
-    m.add_argument("--user-api-base", help="OpenAI-compatible URL serving --user-llm, e.g. http://host:8000/v1")
-    m.add_argument("--user-model", help="user-simulator checkpoint: start a vLLM server for it in the same fleet")
-    m.add_argument("--user-gpu-ids", help="GPUs for the --user-model server (default: the last free ones)")
-    m.add_argument("--user-tensor-parallel-size", type=int, default=1, help="GPUs per user server (default: 1)")
-
-    s = p.add_argument_group("servers")
-    s.add_argument("--num-servers", type=int,
-                   help=f"agent servers to start (default: {SEED_SCRIPT_SERVERS}, capped to the GPU groups "
-                        "available; 1 on a machine without GPU)")
-    s.add_argument("--gpu-ids", help="comma-separated GPU ids to use (default: every visible GPU, "
-                                      "honouring CUDA_VISIBLE_DEVICES)")
-    s.add_argument("--tensor-parallel-size", type=int, default=1, help="GPUs per agent server (default: 1)")
-    s.add_argument("--servers-per-gpu", type=int, default=1,
-                   help="agent servers sharing one GPU group, for small models (default: 1)")
-    s.add_argument("--gpu-memory-utilization", type=float,
-                   help="vLLM memory share per server (default: vLLM's 0.9, split when servers share a GPU)")
-    s.add_argument("--max-model-len", type=int, help="context length (telecom needs ~16k tokens)")
-    s.add_argument("--tool-call-parser", default="hermes", help="vLLM tool-call parser (default: hermes)")
-    s.add_argument("--reasoning-parser", help="vLLM reasoning parser, for thinking models")
-    s.add_argument("--chat-template", help="chat template file for the agent model")
-    s.add_argument("--vllm-arg", action="append", default=[], metavar="ARG",
-                   help="extra vLLM flag, repeatable: --vllm-arg=--enforce-eager")
-    s.add_argument("--host", help="address the servers bind (default: 127.0.0.1; 0.0.0.0 under SLURM, so that "
-                                   "other nodes reach them)")
-    s.add_argument("--start-port", default="1900",
-                   help="first server port, or 'auto' for free ones (default: 1900)")
-    s.add_argument("--stagger-delay", type=float,
-                   help="old behaviour: start servers this many seconds apart regardless of health "
-                        "(default: a server's successor on its GPU starts as soon as it serves)")
-    s.add_argument("--server-timeout", type=float, default=600,
-                   help="seconds a server may take to serve (default: 600)")
-    s.add_argument("--restart-dead-servers", action="store_true",
-                   help="restart a server that dies during the evaluation, in place")
-    s.add_argument("--skip-server-start", action="store_true",
-                   help="use the servers listed in --model-config-path (they may be on other hosts)")
-    s.add_argument("--model-config-path", default="model_config_local.json",
-                   help="endpoint file written (or, with --skip-server-start, read) (default: model_config_local.json)")
-    s.add_argument("--log-dir", default="logs", help="server and run logs (default: logs)")
-
-    c = p.add_argument_group("SLURM")
-    c.add_argument("--executor", choices=("auto", "local", "slurm"), default="auto",
-                   help="where servers run: 'local' processes on this machine, or 'slurm' job steps over the "
-                        "nodes of the allocation this runs in (default: auto, slurm inside an allocation)")
-    c.add_argument("--sbatch", action="store_true",
-                   help="from a login node: write a job script with the resources the plan needs, submit it "
-                        "and print how to follow it; the job runs this same command")
-    c.add_argument("--slurm-partition", help="--sbatch: partition")
-    c.add_argument("--slurm-account", help="--sbatch: account")
-    c.add_argument("--slurm-time", help="--sbatch: time limit, e.g. 04:00:00")
-    c.add_argument("--slurm-nodes", type=int, help="--sbatch: nodes to allocate (default: 1)")
-    c.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG",
-                   help="--sbatch: another #SBATCH line, repeatable: --sbatch-arg=--qos=high")
-
-    e = p.add_argument_group("evaluation")
-    e.add_argument("--domains", nargs="+", default=list(DEFAULT_DOMAINS), metavar="DOMAIN",
-                   help=f"domains to run, of {', '.join(KNOWN_DOMAINS)} (default: {' '.join(DEFAULT_DOMAINS)})")
-    e.add_argument("--num-tasks", type=int, help="first N tasks of each domain (default: all)")
-    e.add_argument("--task-ids", nargs="+", metavar="ID", help="only these task ids")
-    e.add_argument("--num-trials", type=int, default=1, help="trials per task, for pass^k (default: 1)")
-    e.add_argument("--max-steps", type=int, default=200, help="steps per simulation (default: 200)")
-    e.add_argument("--max-concurrency", type=int,
-                   help="simulations in flight at once, fixed (default: adaptive: 16 per agent server at "
-                        "first, growing to at most 256 per server while vLLM's /metrics show no request "
-                        "waiting and room in the KV cache)")
-    e.add_argument("--workers", type=int,
-                   help="processes that run the simulations; one is GIL-bound at about 1.3 simulations a "
-                        "second (default: one per 8 simulations of the ceiling, at most half the CPUs; "
-                        "1 runs them in the launcher's own process)")
-    e.add_argument("--seed", type=int, default=300, help="τ²-bench seed (default: 300)")
-    e.add_argument("--agent-llm-args", default=DEFAULT_LLM_ARGS, metavar="JSON",
-                   help=f"the agent's sampling arguments, as `tau2 run` takes them (default: {DEFAULT_LLM_ARGS})")
-    e.add_argument("--user-llm-args", default=DEFAULT_LLM_ARGS, metavar="JSON",
-                   help=f"the user simulator's sampling arguments (default: {DEFAULT_LLM_ARGS})")
-    e.add_argument("--max-new-tokens", type=int,
-                   help="shortcut for max_tokens in both --agent-llm-args and --user-llm-args, where they do "
-                        "not set it (default: none, as τ²-bench; small models that ramble until the context "
-                        "is full need one)")
-    e.add_argument("--max-errors", type=int, default=MAX_ERRORS,
-                   help=f"tool errors in a row that end a simulation, as `tau2 run` (default: {MAX_ERRORS})")
-    e.add_argument("--task-set-name", help="τ²-bench task set, e.g. telecom_full or telecom_small "
-                                           "(default: the domain's own)")
-    e.add_argument("--task-split-name", default="base",
-                   help="task split, as `tau2 run` (default: base, where the task set has splits)")
-    e.add_argument("--agent", choices=AGENTS, default="llm_agent",
-                   help="τ²-bench's agent implementation (default: llm_agent; llm_agent_solo needs --user dummy_user)")
-    e.add_argument("--user", choices=USERS, default="user_simulator",
-                   help="τ²-bench's user implementation (default: user_simulator)")
-    e.add_argument("--parallel-domains", action="store_true",
-                   help="run all domains at once over the shared servers")
-    e.add_argument("--overwrite", action="store_true",
-                   help="discard earlier results in --output-dir instead of resuming")
-    e.add_argument("--output-dir", default="outputs", help="results folder (default: outputs)")
-
-    x = p.add_argument_group("experts: models the agent can hand a turn to (the orchestration setting)")
-    x.add_argument("--expert", action="append", default=[], metavar="NAME=MODEL",
-                   help="an expert the agent calls through its call_expert tool, repeatable. MODEL is a "
-                        "checkpoint folder (served in this fleet as a pool of its own), a model listed in the "
-                        "endpoint file (servers already up), or a litellm model name (called through its API)")
-    x.add_argument("--expert-description", action="append", default=[], metavar="NAME=TEXT",
-                   help="what the agent is told about an expert, repeatable (default: its model's name)")
-    x.add_argument("--expert-info", metavar="FILE",
-                   help='JSON file: {"NAME": {"description": "...", "price": [in, out]}}, prices in $ per '
-                        "million tokens")
-    x.add_argument("--expert-servers", action="append", default=[], metavar="NAME=N",
-                   help="servers of a served expert's pool (default: 1)")
-    x.add_argument("--expert-tensor-parallel-size", action="append", default=[], metavar="NAME=K",
-                   help="GPUs per server of a served expert (default: 1)")
-    x.add_argument("--expert-gpu-ids", action="append", default=[], metavar="NAME=IDS",
-                   help="GPUs of a served expert's pool, e.g. gpt=6,7 (default: the last free ones)")
-    x.add_argument("--agent-policy-addendum", metavar="FILE",
-                   help="text added to the agent's policy when it has experts, e.g. the wording a checkpoint "
-                        "was trained with (default: this launcher's own, shown by --dry-run)")
-    x.add_argument("--price", action="append", default=[], metavar="MODEL=IN,OUT",
-                   help="$ per million prompt and completion tokens of a model litellm does not price "
-                        "(a local one), for the cost in the summary, repeatable")
-
-    f = p.add_argument_group("faults and pacing (a fault of the machinery is retried, never scored)")
-    f.add_argument("--retry-timeout", type=float, default=RETRY_TIMEOUT_S,
-                   help="seconds one simulation may spend retrying calls that failed for the machinery's sake "
-                        "(rate limits, HTTP 5xx, timeouts, lost connections); past it the simulation is left "
-                        "undone, not scored, and a rerun finishes it; an endpoint that answers nothing but "
-                        f"errors this long stops its domain (default: {RETRY_TIMEOUT_S:.0f})")
-    f.add_argument("--request-timeout", type=float, default=REQUEST_TIMEOUT_S,
-                   help=f"seconds one model call may take before it is retried as a timeout (default: {REQUEST_TIMEOUT_S:.0f})")
-    f.add_argument("--user-max-concurrency", type=int,
-                   help="user-simulator calls in flight at once, to stay under a hosted API's limits "
-                        "(default: --max-concurrency)")
-    f.add_argument("--user-max-rpm", type=float,
-                   help="user-simulator calls started per minute, at most (default: no cap)")
-    r = p.add_argument_group("comparing checkpoints (no server, no evaluation)")
-    r.add_argument("--compare", nargs="+", metavar="DIR",
-                   help="compare earlier output folders (the first is the baseline): reward and pass^k with 95%% "
-                        "intervals, paired differences, flipped tasks; writes compare.md and compare.html "
-                        "to --output-dir")
-    r.add_argument("--force", action="store_true",
-                   help="with --compare: compare folders whose settings differ (user model, sampling, ...)")
-    w = p.add_argument_group("watching a training run")
-    w.add_argument("--watch", metavar="DIR",
-                   help="evaluate every checkpoint folder under DIR (a folder with config.json) in order of "
-                        "creation, each into <output-dir>/<checkpoint>/, and keep watching for new ones until Ctrl-C")
-    w.add_argument("--watch-once", action="store_true",
-                   help="with --watch: stop when no checkpoint is left to evaluate")
-    w.add_argument("--watch-interval", type=float, default=60,
-                   help="with --watch: seconds between looks; a checkpoint whose files changed within this time "
-                        "is still being written (default: 60)")
-    p.add_argument("--dry-run", action="store_true",
-                   help="print the plan (placement, ports, exact commands) and start nothing")
-    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    Request.add_cli_args(p)
     return p
+
+
+def parse_request(argv: Sequence[str], env: Mapping[str, str]) -> Request:
+    """argv as a Request (argparse exits with code 2 on what it cannot parse, as before)."""
+    return Request.from_cli_args(build_parser().parse_args(list(argv)), env)

@@ -1,7 +1,6 @@
 """slurm_discovery"""
 from __future__ import annotations
 
-import argparse
 import re
 import shutil
 import subprocess
@@ -9,6 +8,7 @@ from typing import Sequence
 
 from .errors import UsageError
 from .plan import Node
+from .settings import Request
 
 
 def slurm_output(argv: Sequence[str], env: dict[str, str]) -> str:
@@ -62,19 +62,19 @@ def slurm_nodes(env: dict[str, str]) -> tuple[Node, ...]:
     return tuple(Node(n, addresses.get(n, n), held.get(n, (1, ()))[1], held.get(n, (1, ()))[0]) for n in names)
 
 
-def choose_executor(args: argparse.Namespace, env: dict[str, str]) -> str:
+def choose_executor(request: Request, env: dict[str, str]) -> str:
     """'slurm' inside an allocation (or to submit one with --sbatch), 'local' otherwise; a SLURM run
     that cannot work is bad input."""
     job = env.get("SLURM_JOB_ID")
     path = env.get("PATH")
-    if args.sbatch:
+    if request.sbatch:
         if job:
             raise UsageError(f"--sbatch submits a job from a login node, but this runs inside SLURM job {job}; "
                              "drop --sbatch to run here")
         missing = [t for t in ("sbatch",) if not shutil.which(t, path=path)]
-    elif args.skip_server_start or args.executor == "local":
+    elif request.skip_server_start or request.executor == "local":
         return "local"
-    elif args.executor == "auto" and not (job and shutil.which("srun", path=path)):
+    elif request.executor == "auto" and not (job and shutil.which("srun", path=path)):
         return "local"
     elif not job:
         raise UsageError("--executor slurm needs a SLURM allocation (SLURM_JOB_ID is not set): run it inside "

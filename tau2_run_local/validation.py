@@ -1,12 +1,12 @@
 """validation"""
 from __future__ import annotations
 
-import argparse
 import json
 from typing import Any, Sequence
 
 from .defaults import DEFAULT_LLM_ARGS, KNOWN_DOMAINS
 from .errors import UsageError
+from .settings import Request
 
 
 def parse_gpu_ids(text: str | None, flag: str) -> tuple[str, ...] | None:
@@ -31,29 +31,29 @@ def parse_start_port(text: str) -> int | None:
     return int(text)
 
 
-def check_numbers(args: argparse.Namespace) -> None:
+def check_numbers(request: Request) -> None:
     """Counts and sizes that must be positive."""
     positive = {
-        "--num-servers": args.num_servers, "--max-steps": args.max_steps, "--num-trials": args.num_trials,
-        "--max-concurrency": args.max_concurrency, "--num-tasks": args.num_tasks,
-        "--tensor-parallel-size": args.tensor_parallel_size, "--servers-per-gpu": args.servers_per_gpu,
-        "--user-tensor-parallel-size": args.user_tensor_parallel_size, "--max-model-len": args.max_model_len,
-        "--server-timeout": args.server_timeout, "--max-new-tokens": args.max_new_tokens,
-        "--retry-timeout": args.retry_timeout, "--request-timeout": args.request_timeout,
-        "--user-max-concurrency": args.user_max_concurrency, "--user-max-rpm": args.user_max_rpm,
-        "--slurm-nodes": args.slurm_nodes, "--max-errors": args.max_errors, "--workers": args.workers,
+        "--num-servers": request.num_servers, "--max-steps": request.max_steps, "--num-trials": request.num_trials,
+        "--max-concurrency": request.max_concurrency, "--num-tasks": request.num_tasks,
+        "--tensor-parallel-size": request.tensor_parallel_size, "--servers-per-gpu": request.servers_per_gpu,
+        "--user-tensor-parallel-size": request.user_tensor_parallel_size, "--max-model-len": request.max_model_len,
+        "--server-timeout": request.server_timeout, "--max-new-tokens": request.max_new_tokens,
+        "--retry-timeout": request.retry_timeout, "--request-timeout": request.request_timeout,
+        "--user-max-concurrency": request.user_max_concurrency, "--user-max-rpm": request.user_max_rpm,
+        "--slurm-nodes": request.slurm_nodes, "--max-errors": request.max_errors, "--workers": request.workers,
     }
     for flag, value in positive.items():
         if value is not None and value <= 0:
             raise UsageError(f"{flag} must be positive, not {value}")
-    if args.stagger_delay is not None and args.stagger_delay < 0:
-        raise UsageError(f"--stagger-delay must not be negative, not {args.stagger_delay}")
-    if args.gpu_memory_utilization is not None and not 0 < args.gpu_memory_utilization <= 1:
-        raise UsageError(f"--gpu-memory-utilization must be in (0, 1], not {args.gpu_memory_utilization}")
-    unknown = [d for d in args.domains if d not in KNOWN_DOMAINS]
+    if request.stagger_delay is not None and request.stagger_delay < 0:
+        raise UsageError(f"--stagger-delay must not be negative, not {request.stagger_delay}")
+    if request.gpu_memory_utilization is not None and not 0 < request.gpu_memory_utilization <= 1:
+        raise UsageError(f"--gpu-memory-utilization must be in (0, 1], not {request.gpu_memory_utilization}")
+    unknown = [d for d in request.domains if d not in KNOWN_DOMAINS]
     if unknown:
         raise UsageError(f"unknown domain {unknown[0]!r}; choose from {', '.join(KNOWN_DOMAINS)}")
-    if len(set(args.domains)) != len(args.domains):
+    if len(set(request.domains)) != len(request.domains):
         raise UsageError("--domains lists a domain twice")
 
 
@@ -81,9 +81,9 @@ def named_values(items: Sequence[str], flag: str) -> dict[str, str]:
     return out
 
 
-def check_implementations(args: argparse.Namespace) -> None:
+def check_implementations(request: Request) -> None:
     """τ²-bench's solo agent works only with its dummy user, and the dummy user only with it."""
-    if (args.agent == "llm_agent_solo") != (args.user == "dummy_user"):
+    if (request.agent == "llm_agent_solo") != (request.user == "dummy_user"):
         raise UsageError("--agent llm_agent_solo and --user dummy_user go together (τ²-bench's solo mode)")
-    if args.expert and args.agent != "llm_agent":
-        raise UsageError(f"--expert works with --agent llm_agent, not {args.agent}")
+    if request.expert and request.agent != "llm_agent":
+        raise UsageError(f"--expert works with --agent llm_agent, not {request.agent}")

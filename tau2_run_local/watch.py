@@ -1,19 +1,19 @@
 """watch"""
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
-from .app import evaluate_checkpoint, install_signal_handlers
 from .checks import check_writable_dir
 from .errors import UsageError
 from .host import WEIGHT_SUFFIXES
 from .leaderboard import checkpoint_output, leaderboard_rows, write_leaderboard
+from .settings import Request
 from .util import now_iso
 
 
@@ -74,20 +74,20 @@ def evaluated(folder: Path, domains: Sequence[str]) -> bool:
     return all(done.get(d, {}).get("status") == "complete" for d in domains)
 
 
-def watch_checkpoints(args: argparse.Namespace, argv: Sequence[str], console: Any) -> int:
+def watch_checkpoints(request: Request, argv: Sequence[str], console: Any,
+                      evaluate: Callable[[Request, Sequence[str], Any], int]) -> int:
     """--watch DIR: evaluate each settled checkpoint once, oldest first, restarting the servers for each
     (a full run of its own, into <output-dir>/<checkpoint>/). A checkpoint already complete there is not
     run again, so a restarted watch resumes where it stopped."""
-    root, out = Path(args.watch), Path(args.output_dir)
+    root, out = Path(request.watch), Path(request.output_dir)
     if not root.is_dir():
         raise UsageError(f"--watch {root}: no such directory")
-    if args.skip_server_start or any(a.split("=")[0] == "--agent-model" for a in argv):
+    if request.skip_server_start or any(a.split("=")[0] == "--agent-model" for a in argv):
         raise UsageError("--watch picks the checkpoints and starts their servers; drop --agent-model "
                          "and --skip-server-start")
-    if args.watch_interval <= 0:
-        raise UsageError(f"--watch-interval must be positive, not {args.watch_interval}")
+    if request.watch_interval <= 0:
+        raise UsageError(f"--watch-interval must be positive, not {request.watch_interval}")
     check_writable_dir(out, "--output-dir")
-    install_signal_handlers()
     tried: dict[Path, int] = {}  # this watch's runs and their exit codes
     said: dict[Path, str] = {}
     try:
@@ -97,29 +97,28 @@ def watch_checkpoints(args: argparse.Namespace, argv: Sequence[str], console: An
             states = {}
             for ckpt in ckpts:
                 folder = checkpoint_output(out, root, ckpt)
-                states[ckpt] = ("evaluated" if evaluated(folder, args.domains) else
+                states[ckpt] = ("evaluated" if evaluated(folder, request.domains) else
                                 f"failed (exit {tried[ckpt]})" if ckpt in tried else
-                                checkpoint_state(ckpt, args.watch_interval, now))
+                                checkpoint_state(ckpt, request.watch_interval, now))
                 if states[ckpt] in ("writing", "incomplete") and said.get(ckpt) != states[ckpt]:
                     console.print(f"{now_iso()} {ckpt}: {'still being written' if states[ckpt] == 'writing' else 'weights incomplete'}; "
                                   "skipped until it settles", markup=False)
                 said[ckpt] = states[ckpt]
-            write_leaderboard(out, leaderboard_rows(out, root, ckpts, states), args.domains)
+            write_leaderboard(out, leaderboard_rows(out, root, ckpts, states), request.domains)
             ready = [c for c in ckpts if states[c] == "ready"]
             if ready:
                 ckpt = ready[0]
                 folder = checkpoint_output(out, root, ckpt)
                 console.print(f"{now_iso()} evaluating checkpoint {ckpt} into {folder}", markup=False)
-                sub = argparse.Namespace(**{**vars(args), "agent_model": str(ckpt), "output_dir": str(folder),
-                                            "watch": None})
-                tried[ckpt] = evaluate_checkpoint(sub, [*argv, "--agent-model", str(ckpt), "--output-dir", str(folder)], console)
+                sub = replace(request, agent_model=str(ckpt), output_dir=str(folder), watch=None)
+                tried[ckpt] = evaluate(sub, [*argv, "--agent-model", str(ckpt), "--output-dir", str(folder)], console)
                 if tried[ckpt] in (2, 130):  # bad input holds for every checkpoint; Ctrl-C stops the watch
-                    write_leaderboard(out, leaderboard_rows(out, root, ckpts, states), args.domains)
+                    write_leaderboard(out, leaderboard_rows(out, root, ckpts, states), request.domains)
                     return tried[ckpt]
                 continue
-            if args.watch_once and "writing" not in states.values():
+            if request.watch_once and "writing" not in states.values():
                 return 1 if any(code != 0 for code in tried.values()) else 0
-            time.sleep(min(args.watch_interval, 10.0))
+            time.sleep(min(request.watch_interval, 10.0))
     except KeyboardInterrupt:
         print("run_local.py: watch stopped; rerun the same command to resume", file=sys.stderr)
         return 130

@@ -14,6 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from tau2_run_local.plan import Host, endpoint_url, this_machine
+from tau2_run_local.planner import build_plan
+from tau2_run_local.readiness import serves
+from tau2_run_local.settings import parse_request
+
 # Offline, as the launcher runs: litellm (imported with tau2) must not try to fetch its cost map.
 os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
 # Tests send the launcher SIGINT (Ctrl-C). A suite started in the background inherits SIGINT ignored,
@@ -50,7 +55,6 @@ class Standins:
         self.procs: dict[int, subprocess.Popen] = {}
 
     def start(self, name: str = "standin", port: int | None = None, **env: str) -> int:
-        import run_local as rl
         port = port or free_port()
         self.procs[port] = subprocess.Popen(
             [sys.executable, str(STANDIN / "standin_server.py"), "--model", name, "--host", "127.0.0.1",
@@ -58,7 +62,7 @@ class Standins:
                                         **{f"STANDIN_{k.upper()}": v for k, v in env.items()}},
             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 30
-        while not rl.serves(rl.endpoint_url("127.0.0.1", port), name):
+        while not serves(endpoint_url("127.0.0.1", port), name):
             assert time.monotonic() < deadline, "stand-in did not start"
             time.sleep(0.1)
         return port
@@ -85,9 +89,8 @@ def standins():
 
 def cpu_plan(*argv: str):
     """A plan built the pure way (no GPU, no process), for tests that need one without running it."""
-    import run_local as rl
-    args = rl.build_parser().parse_args(["--agent-model", "/ckpt", *argv])
-    return rl.build_plan(args, rl.this_machine(()), iter(range(1900, 2000)), {}, "/cache")
+    request = parse_request(["--agent-model", "/ckpt", *argv], {})
+    return build_plan(request, Host(this_machine(()), iter(range(1900, 2000)), "/cache"))
 
 
 def free_port() -> int:

@@ -4,16 +4,15 @@ from __future__ import annotations
 import re
 
 import pytest
-
 from conftest import ROOT
 
-import run_local as rl
+from tau2_run_local.settings import build_parser
 
 GUIDES = ("README.md", "README.zh-CN.md")
 
 
 def help_options() -> list[str]:
-    return [opt for action in rl.build_parser()._actions for opt in action.option_strings if opt.startswith("--")]
+    return [opt for action in build_parser()._actions for opt in action.option_strings if opt.startswith("--")]
 
 
 @pytest.mark.parametrize("guide", GUIDES)

@@ -9,13 +9,19 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from conftest import STANDIN, run_launcher
 
 sys.path.insert(0, str(STANDIN))
 from known_rewards import expected_reward  # noqa: E402
 
-import run_local as rl  # noqa: E402
+from tau2_run_local.defaults import ROUTED
+from tau2_run_local.endpoint_file import write_model_config
+from tau2_run_local.errors import UsageError
+from tau2_run_local.plan import endpoint_url
+from tau2_run_local.planner import eval_settings
+from tau2_run_local.settings import parse_request
+from tau2_run_local.tasks import load_tasks
+from tau2_run_local.tau2_loader import load_tau2
 
 DOMAIN, TASKS, MAX_STEPS = "retail", 6, 60
 PRICES = {"standin": (1.0, 2.0), "gold": (10.0, 20.0), "standin-user": (0.5, 0.5)}
@@ -27,7 +33,7 @@ def stats(port: int) -> dict:
 
 
 def endpoint_file(path: Path, pools: dict[str, list[int]]) -> Path:
-    rl.write_model_config(path, {name: [rl.endpoint_url("127.0.0.1", p) for p in ports] for name, ports in pools.items()})
+    write_model_config(path, {name: [endpoint_url("127.0.0.1", p) for p in ports] for name, ports in pools.items()})
     return path
 
 
@@ -163,17 +169,17 @@ def test_an_expert_folder_that_is_no_model(tmp_path: Path, model_dir: Path, fold
 def test_task_sets_splits_and_tau2s_other_agents_pick_tasks_as_tau2_run_does(tmp_path: Path):
     import tau2.run
     log = tmp_path / "tau2.log"
-    tau2_run = rl.load_tau2(log)
-    settings = rl.eval_settings(rl.build_parser().parse_args(["--task-set-name", "telecom_small"]), 1)
-    small = rl.load_tasks(tau2_run, "telecom", settings)
+    tau2_run = load_tau2(log)
+    settings = eval_settings(parse_request(["--task-set-name", "telecom_small"], {}), 1)
+    small = load_tasks(tau2_run, "telecom", settings)
     assert small and [t.id for t in small] == [t.id for t in tau2.run.get_tasks("telecom", task_split_name="small")]
-    workflow = rl.load_tasks(tau2_run, "telecom-workflow", rl.eval_settings(rl.build_parser().parse_args([]), 1))
+    workflow = load_tasks(tau2_run, "telecom-workflow", eval_settings(parse_request([], {}), 1))
     assert [t.id for t in workflow] == [t.id for t in tau2.run.get_tasks("telecom", task_split_name="base")]
-    with pytest.raises(rl.UsageError, match="has no split 'nope'"):
-        rl.load_tasks(tau2_run, "retail", rl.eval_settings(rl.build_parser().parse_args(["--task-split-name", "nope"]), 1))
-    gt = rl.eval_settings(rl.build_parser().parse_args(["--agent", "llm_agent_gt"]), 1)
+    with pytest.raises(UsageError, match="has no split 'nope'"):
+        load_tasks(tau2_run, "retail", eval_settings(parse_request(["--task-split-name", "nope"], {}), 1))
+    gt = eval_settings(parse_request(["--agent", "llm_agent_gt"], {}), 1)
     from tau2.agent.llm_agent import LLMGTAgent
-    assert [t.id for t in rl.load_tasks(tau2_run, "mock", gt)] == [
+    assert [t.id for t in load_tasks(tau2_run, "mock", gt)] == [
         t.id for t in tau2.run.get_tasks("mock") if LLMGTAgent.check_valid_task(t)]
 
 
@@ -186,5 +192,5 @@ def test_the_ground_truth_agent_runs_routed(tmp_path: Path, standins):
     assert result.returncode == 0, result.stderr
     from tau2.data_model.simulation import Results
     results = Results.load(tmp_path / "out" / "mock.json")
-    assert results.info.agent_info.implementation == rl.ROUTED["llm_agent_gt"] and results.simulations
+    assert results.info.agent_info.implementation == ROUTED["llm_agent_gt"] and results.simulations
     assert stats(agent)["chat_requests"] > 0

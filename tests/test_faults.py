@@ -12,13 +12,16 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import STANDIN, free_port, run_launcher
 
 sys.path.insert(0, str(STANDIN))
 from known_rewards import canonical_task_id, expected_reward  # noqa: E402
 
-import run_local as rl  # noqa: E402
+from tau2_run_local.endpoint_file import write_model_config
+from tau2_run_local.faults import judge_failure, retry_after_s
+from tau2_run_local.pacing import BACKOFF_CAP_S, Pacer, backoff_s
+from tau2_run_local.plan import endpoint_url
+from tau2_run_local.scoring import api_cost
 
 STANDIN_SERVER = STANDIN / "standin_server.py"
 DOMAIN, TASKS, MAX_STEPS = "retail", 4, 60
@@ -28,8 +31,8 @@ def evaluate(tmp: Path, agent_ports: list[int], user_port: int | None = None, *e
     """The launcher against servers already up; the user simulator at user_port (a 'hosted API') or
     played by the agent's servers."""
     config = tmp / "model_config_local.json"
-    rl.write_model_config(config, {"standin": [rl.endpoint_url("127.0.0.1", p) for p in agent_ports]})
-    user = ["--user-api-base", rl.endpoint_url("127.0.0.1", user_port)] if user_port else []
+    write_model_config(config, {"standin": [endpoint_url("127.0.0.1", p) for p in agent_ports]})
+    user = ["--user-api-base", endpoint_url("127.0.0.1", user_port)] if user_port else []
     args = ["--skip-server-start", "--model-config-path", str(config), "--user-llm", "standin", *user,
             "--domains", DOMAIN, "--num-tasks", str(TASKS), "--max-steps", str(MAX_STEPS),
             "--max-concurrency", "4", "--output-dir", str(tmp / "out"), "--log-dir", str(tmp / "logs"), *extra]
@@ -188,22 +191,22 @@ class _HTTPError(Exception):
     (ValueError("reply could not be read"), "bad_reply"),
 ])
 def test_judge_failure(exc: BaseException, kind: str):
-    assert rl.judge_failure(exc).kind == kind
+    assert judge_failure(exc).kind == kind
 
 
 def test_retry_after_and_backoff():
     import random
-    assert rl.retry_after_s(_HTTPError(429, headers={"Retry-After": "7"})) == 7.0
-    assert rl.retry_after_s(_HTTPError(500)) is None
+    assert retry_after_s(_HTTPError(429, headers={"Retry-After": "7"})) == 7.0
+    assert retry_after_s(_HTTPError(500)) is None
     rng = random.Random(0)
-    waits = [rl.backoff_s(attempt, None, rng) for attempt in range(8)]
-    assert all(0 <= w <= rl.BACKOFF_CAP_S * 1.2 for w in waits)
-    assert all(rl.backoff_s(0, 7.0, rng) >= 7.0 for _ in range(20))  # never shorter than asked
+    waits = [backoff_s(attempt, None, rng) for attempt in range(8)]
+    assert all(0 <= w <= BACKOFF_CAP_S * 1.2 for w in waits)
+    assert all(backoff_s(0, 7.0, rng) >= 7.0 for _ in range(20))  # never shorter than asked
 
 
 def test_pacer_slows_the_whole_pool_on_429_and_grows_back():
     said: list[str] = []
-    pacer = rl.Pacer("user simulator", ceiling=8, rpm=None, say=said.append)
+    pacer = Pacer("user simulator", ceiling=8, rpm=None, say=said.append)
     pacer.in_flight = 7  # seven calls out when the 429 came back
     pacer.rate_limited(0.0)
     assert pacer.limit == 4 and len(said) == 1
@@ -216,7 +219,7 @@ def test_pacer_slows_the_whole_pool_on_429_and_grows_back():
 
 
 def test_pacer_rpm_spaces_call_starts():
-    pacer = rl.Pacer("user simulator", ceiling=4, rpm=600, say=lambda _: None)  # one start per 0.1 s
+    pacer = Pacer("user simulator", ceiling=4, rpm=600, say=lambda _: None)  # one start per 0.1 s
     began = time.monotonic()
     for _ in range(4):
         with pacer.slot():
@@ -228,9 +231,9 @@ def test_api_cost_from_litellms_price_map():
     import litellm
     price = litellm.model_cost["gpt-4o"]
     want = 1000 * price["input_cost_per_token"] + 100 * price["output_cost_per_token"]
-    assert rl.api_cost("gpt-4o", {"prompt": 1000, "completion": 100}) == pytest.approx(want)
-    assert rl.api_cost("hosted_vllm/standin", {"prompt": 1000, "completion": 100}) == "unknown"
-    assert rl.api_cost("no-such-model-anywhere", {"prompt": 1, "completion": 1}) == "unknown"
+    assert api_cost("gpt-4o", {"prompt": 1000, "completion": 100}) == pytest.approx(want)
+    assert api_cost("hosted_vllm/standin", {"prompt": 1000, "completion": 100}) == "unknown"
+    assert api_cost("no-such-model-anywhere", {"prompt": 1, "completion": 1}) == "unknown"
 
 
 def test_an_endpoint_that_refuses_the_request_stops_the_domain_at_once(tmp_path: Path, standins):

@@ -14,13 +14,18 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from conftest import LAUNCHER, ROOT, STANDIN, cpu_plan, free_port, launcher_args, run_launcher, standin_env
 
 sys.path.insert(0, str(STANDIN))
 from known_rewards import expected_reward  # noqa: E402
 
-import run_local as rl  # noqa: E402
+from tau2_run_local.endpoint_file import write_model_config
+from tau2_run_local.evaluation import Evaluation
+from tau2_run_local.executors.base import group_members
+from tau2_run_local.plan import endpoint_url
+from tau2_run_local.progress import ProgressView
+from tau2_run_local.results import DomainRun
+from tau2_run_local.routing import Router
 
 STANDIN_SERVER = STANDIN / "standin_server.py"
 
@@ -31,7 +36,7 @@ def get_json(url: str) -> dict:
 
 
 def write_config(path: Path, ports: list[int], name: str = "standin") -> None:
-    rl.write_model_config(path, {name: [rl.endpoint_url("127.0.0.1", p) for p in ports]})
+    write_model_config(path, {name: [endpoint_url("127.0.0.1", p) for p in ports]})
 
 
 def load_results(path: Path):
@@ -46,7 +51,7 @@ def started_pgids(stdout: str) -> list[int]:
 
 def assert_groups_gone(pgids: list[int]) -> None:
     assert pgids, "the launcher reported no server"
-    leftovers = {pgid: rl.group_members(pgid) for pgid in pgids}
+    leftovers = {pgid: group_members(pgid) for pgid in pgids}
     assert not any(leftovers.values()), f"processes left behind: {leftovers}"
 
 
@@ -240,7 +245,7 @@ def test_resume_after_the_launcher_is_killed(tmp_path: Path):
     done_before = len(load_results(results).simulations)
     assert 3 <= done_before < 18
     deadline = time.monotonic() + 10
-    while any(rl.group_members(g) for g in started_pgids(stdout)) and time.monotonic() < deadline:
+    while any(group_members(g) for g in started_pgids(stdout)) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert_groups_gone(started_pgids(stdout))
 
@@ -355,20 +360,20 @@ def test_every_server_gone_fails_the_domain_with_exit_1(tmp_path: Path):
 
 
 def test_terminal_view_shows_servers_and_domain_bars(tmp_path: Path):
+    import tau2.run
     from rich.console import Console
     from tau2.data_model.simulation import Results
-    import tau2.run
 
     tasks = tau2.run.get_tasks("mock", num_tasks=4)
     info = tau2.run.get_info(domain="mock", agent="a", user="u", llm_agent="m", llm_args_agent={},
                              llm_user="m", llm_args_user={}, num_trials=1)
-    run = rl.DomainRun("mock", tmp_path / "mock.json", Results(info=info, tasks=tasks, simulations=[]), 4, ())
+    run = DomainRun("mock", tmp_path / "mock.json", Results(info=info, tasks=tasks, simulations=[]), 4, ())
     run.started_at = time.monotonic()
-    pool = rl.Router(["http://127.0.0.1:1900/v1", "http://127.0.0.1:1901/v1"])
+    pool = Router(["http://127.0.0.1:1900/v1", "http://127.0.0.1:1901/v1"])
     pool.acquire()
-    ev = rl.Evaluation(tau2=None, plan=cpu_plan(), agent_pool=pool, user_pool=None, runs={"mock": run}, say=print)
+    ev = Evaluation(tau2=None, plan=cpu_plan(), agent_pool=pool, user_pool=None, runs={"mock": run}, say=print)
     console = Console(record=True, force_terminal=True, width=120)
-    console.print(rl.ProgressView(console, ev, fleet=None).render())
+    console.print(ProgressView(console, ev, fleet=None).render())
     text = console.export_text()
     assert "http://127.0.0.1:1900/v1" in text and "live" in text
     assert "mock" in text and "0/4" in text

@@ -1,27 +1,37 @@
 """Planning is pure: arguments and the GPUs seen in, servers, ports and commands out. No process."""
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
-import run_local as rl
+from tau2_run_local.checks import needed_api_key
+from tau2_run_local.endpoint_file import config_pools, read_model_config, write_model_config
+from tau2_run_local.errors import UsageError
+from tau2_run_local.host import model_weight_bytes
+from tau2_run_local.placement import KV_HEADROOM_BYTES, assign_lanes, kv_cache_bytes
+from tau2_run_local.plan import Host, Plan, this_machine
+from tau2_run_local.planner import build_plan
+from tau2_run_local.routing import NoLiveServer, Router
+from tau2_run_local.settings import Request, parse_request
+from tau2_run_local.tasks import trial_seeds
+from tau2_run_local.util import redact, secret_values
 
 
-def parse(*argv: str) -> argparse.Namespace:
-    return rl.build_parser().parse_args(["--agent-model", "/ckpt", *argv])
+def parse(*argv: str) -> Request:
+    return parse_request(["--agent-model", "/ckpt", *argv], {})
 
 
-def plan(*argv: str, gpus: tuple[str, ...] = ("0", "1", "2", "3"), config=None) -> rl.Plan:
-    return rl.build_plan(parse(*argv), rl.this_machine(gpus), iter(range(1900, 2000)), config or {}, "/cache")
+def plan(*argv: str, gpus: tuple[str, ...] = ("0", "1", "2", "3"), config=None) -> Plan:
+    return build_plan(parse(*argv), Host(this_machine(gpus), iter(range(1900, 2000)), "/cache", config or {}))
 
 
 def test_defaults_match_the_seed_script():
     args = parse()
     assert (args.user_llm, args.num_servers, args.max_steps, args.num_trials) == ("gpt-4o", None, 200, 1)
     assert (args.output_dir, args.log_dir, args.start_port, args.server_timeout) == ("outputs", "logs", "1900", 600)
-    assert args.domains == ["retail", "telecom", "airline"]
+    assert args.domains == ("retail", "telecom", "airline")
     assert args.model_config_path == "model_config_local.json"
     assert plan().servers[0].host == "127.0.0.1" and args.tool_call_parser == "hermes"
 
@@ -48,7 +58,7 @@ def test_tensor_parallel_groups():
 
 
 def test_more_servers_than_gpus_needs_servers_per_gpu():
-    with pytest.raises(rl.UsageError, match="--servers-per-gpu 2"):
+    with pytest.raises(UsageError, match="--servers-per-gpu 2"):
         plan("--num-servers", "8")
     p = plan("--num-servers", "8", "--servers-per-gpu", "2")
     assert [s.gpus[0] for s in p.servers] == ["0", "1", "2", "3"] * 2
@@ -65,7 +75,7 @@ def test_user_model_gets_its_own_gpus_and_a_config_entry():
     assert len(user) == 1 and user[0].gpus == ("3",)
     assert {s.gpus for s in p.servers if s.role == "agent"} == {("0",), ("1",), ("2",)}
     assert p.user_llm == "hosted_vllm//user" and p.user_urls == (user[0].url,)
-    assert rl.config_pools(p) == {"/ckpt": list(p.agent_urls), "/user": [user[0].url]}
+    assert config_pools(p) == {"/ckpt": list(p.agent_urls), "/user": [user[0].url]}
 
 
 def test_user_model_shares_the_only_gpu_after_the_agent():
@@ -95,7 +105,7 @@ def test_explicit_user_gpus_and_tp():
     (("--user-model", "/u", "--user-gpu-ids", "1", "--user-tensor-parallel-size", "2"), "names 1 GPUs"),
 ])
 def test_bad_plans_are_usage_errors(argv, message):
-    with pytest.raises(rl.UsageError, match=message):
+    with pytest.raises(UsageError, match=message):
         plan(*argv)
 
 
@@ -104,7 +114,7 @@ def test_cpu_host_runs_unpinned_servers_and_rejects_gpu_ids():
     assert [s.gpus for s in p.servers] == [(), ()]
     assert all("CUDA_VISIBLE_DEVICES" not in dict(s.env) for s in p.servers)
     assert len(plan(gpus=()).servers) == 1
-    with pytest.raises(rl.UsageError, match="no GPU"):
+    with pytest.raises(UsageError, match="no GPU"):
         plan("--gpu-ids", "0", gpus=())
 
 
@@ -141,44 +151,44 @@ def test_user_routing_choices():
 
 def test_skip_server_start_uses_the_endpoint_file():
     config = {"agent": ("http://10.0.0.5:1900/v1", "http://10.0.0.6:1900/v1"), "user": ("http://u:1/v1",)}
-    args = rl.build_parser().parse_args(["--skip-server-start", "--user-llm", "user"])
-    p = rl.build_plan(args, (), iter(()), config, "/cache")
+    request = parse_request(["--skip-server-start", "--user-llm", "user"], {})
+    p = build_plan(request, Host((), iter(()), "/cache", config))
     assert p.servers == () and p.agent_name == "agent" and p.agent_urls == config["agent"]
     assert p.user_llm == "hosted_vllm/user" and p.user_urls == config["user"]
-    args = rl.build_parser().parse_args(["--skip-server-start", "--served-model-name", "nope"])
-    with pytest.raises(rl.UsageError, match="no model 'nope'"):
-        rl.build_plan(args, (), iter(()), config, "/cache")
+    request = parse_request(["--skip-server-start", "--served-model-name", "nope"], {})
+    with pytest.raises(UsageError, match="no model 'nope'"):
+        build_plan(request, Host((), iter(()), "/cache", config))
 
 
 def test_assign_lanes_merges_overlapping_gpu_sets():
-    assert rl.assign_lanes([("0", "1"), ("2",), ("1",), ("3",), ("2", "3")]) == [0, 1, 0, 2, 1]
+    assert assign_lanes([("0", "1"), ("2",), ("1",), ("3",), ("2", "3")]) == [0, 1, 0, 2, 1]
 
 
 def test_trial_seeds_match_tau2():
     import random
     random.seed(300)
-    assert rl.trial_seeds(300, 3) == [random.randint(0, 1000000) for _ in range(3)]
+    assert trial_seeds(300, 3) == [random.randint(0, 1000000) for _ in range(3)]
 
 
 def test_api_key_needs():
-    assert rl.needed_api_key("gpt-4o") == "OPENAI_API_KEY"
-    assert rl.needed_api_key("claude-3-7-sonnet") == "ANTHROPIC_API_KEY"
-    assert rl.needed_api_key("anthropic/claude-x") == "ANTHROPIC_API_KEY"
-    assert rl.needed_api_key("hosted_vllm/x") is None
+    assert needed_api_key("gpt-4o") == "OPENAI_API_KEY"
+    assert needed_api_key("claude-3-7-sonnet") == "ANTHROPIC_API_KEY"
+    assert needed_api_key("anthropic/claude-x") == "ANTHROPIC_API_KEY"
+    assert needed_api_key("hosted_vllm/x") is None
 
 
 def test_model_config_round_trip(tmp_path: Path):
     path = tmp_path / "model_config_local.json"
-    rl.write_model_config(path, {"/ckpt": ["http://127.0.0.1:1900/v1", "http://127.0.0.1:1901/v1"]})
+    write_model_config(path, {"/ckpt": ["http://127.0.0.1:1900/v1", "http://127.0.0.1:1901/v1"]})
     import json
     doc = json.loads(path.read_text())
     assert doc == {"/ckpt": [{"ip_addr": "127.0.0.1", "port": "1900"}, {"ip_addr": "127.0.0.1", "port": "1901"}],
                    "vllm_model_config_path": str(path.resolve())}
-    assert rl.read_model_config(path) == {"/ckpt": ("http://127.0.0.1:1900/v1", "http://127.0.0.1:1901/v1")}
+    assert read_model_config(path) == {"/ckpt": ("http://127.0.0.1:1900/v1", "http://127.0.0.1:1901/v1")}
 
 
 def test_the_shipped_example_config_reads():
-    pools = rl.read_model_config(Path(rl.__file__).parent / "model_config_local.json")
+    pools = read_model_config(ROOT / "model_config_local.json")
     assert len(next(iter(pools.values()))) == 2
 
 
@@ -193,12 +203,12 @@ def test_the_shipped_example_config_reads():
 def test_malformed_endpoint_files_are_usage_errors(tmp_path: Path, text: str, message: str):
     path = tmp_path / "c.json"
     path.write_text(text)
-    with pytest.raises(rl.UsageError, match=message):
-        rl.read_model_config(path)
+    with pytest.raises(UsageError, match=message):
+        read_model_config(path)
 
 
 def test_router_balances_and_skips_dead_servers():
-    router = rl.Router(["a", "b", "c"])
+    router = Router(["a", "b", "c"])
     held = [router.acquire() for _ in range(6)]
     assert sorted(held) == ["a", "a", "b", "b", "c", "c"]
     router.release("a")
@@ -206,15 +216,15 @@ def test_router_balances_and_skips_dead_servers():
     router.mark_dead("b")
     assert {router.acquire() for _ in range(4)} <= {"a", "c"}
     router.mark_dead("a"), router.mark_dead("c")
-    with pytest.raises(rl.NoLiveServer):
+    with pytest.raises(NoLiveServer):
         router.acquire()
 
 
 def test_secret_values_from_environment_and_flags():
     env = {"OPENAI_API_KEY": "sk-abcdefgh12", "HF_TOKEN": "hf_tokenvalue", "SHORT_API_KEY": "x", "HOME": "/root"}
     argv = ["--vllm-arg=--api-key s3cr3tvalue", "--hf-token=tok123", "--max-new-tokens", "256", "--seed", "300"]
-    assert set(rl.secret_values(env, argv)) == {"sk-abcdefgh12", "hf_tokenvalue", "s3cr3tvalue", "tok123"}
-    assert rl.redact("key sk-abcdefgh12 in text", rl.secret_values(env)) == "key *** in text"
+    assert set(secret_values(env, argv)) == {"sk-abcdefgh12", "hf_tokenvalue", "s3cr3tvalue", "tok123"}
+    assert redact("key sk-abcdefgh12 in text", secret_values(env)) == "key *** in text"
 
 
 def test_partly_overlapping_servers_split_the_memory():
@@ -228,26 +238,26 @@ def test_partly_overlapping_servers_split_the_memory():
 def test_kv_cache_size_is_the_share_less_weights_and_headroom():
     gib = 2**30
     # an H200 (143771 MiB) split by two servers of a 1.26 GB model
-    kv = rl.kv_cache_bytes(143771, 2, 0.425, 1_260_000_000)
-    assert kv == int(143771 * 2**20 * 0.425 - 1_260_000_000 * 1.1 - rl.KV_HEADROOM_BYTES)
+    kv = kv_cache_bytes(143771, 2, 0.425, 1_260_000_000)
+    assert kv == int(143771 * 2**20 * 0.425 - 1_260_000_000 * 1.1 - KV_HEADROOM_BYTES)
     assert 54 * gib < kv < 55 * gib
-    assert rl.kv_cache_bytes(143771, 4, 0.2125, 1_260_000_000) < kv / 2 + gib  # more sharers, less each
+    assert kv_cache_bytes(143771, 4, 0.2125, 1_260_000_000) < kv / 2 + gib  # more sharers, less each
     # alone on its GPU, a size unknown, or too little left: vLLM profiles as before
-    assert rl.kv_cache_bytes(143771, 1, None, 1_260_000_000) is None
-    assert rl.kv_cache_bytes(None, 2, 0.425, 1_260_000_000) is None
-    assert rl.kv_cache_bytes(143771, 2, 0.425, None) is None
-    assert rl.kv_cache_bytes(24576, 2, 0.425, 6 * gib) is None
+    assert kv_cache_bytes(143771, 1, None, 1_260_000_000) is None
+    assert kv_cache_bytes(None, 2, 0.425, 1_260_000_000) is None
+    assert kv_cache_bytes(143771, 2, 0.425, None) is None
+    assert kv_cache_bytes(24576, 2, 0.425, 6 * gib) is None
 
 
-def shared_plan(*argv: str, weights: int | None = 1_260_000_000) -> rl.Plan:
-    return rl.build_plan(parse("--num-servers", "4", "--servers-per-gpu", "2", *argv), rl.this_machine(("0", "1")),
-                         iter(range(1900, 2000)), {}, "/cache", gpu_mib={"0": 143771, "1": 143771},
-                         weight_bytes={"/ckpt": weights} if weights else {})
+def shared_plan(*argv: str, weights: int | None = 1_260_000_000) -> Plan:
+    return build_plan(parse("--num-servers", "4", "--servers-per-gpu", "2", *argv),
+                      Host(this_machine(("0", "1")), iter(range(1900, 2000)), "/cache",
+                           gpu_mib={"0": 143771, "1": 143771}, weight_bytes={"/ckpt": weights} if weights else {}))
 
 
 def test_servers_sharing_a_gpu_get_a_fixed_kv_cache_and_their_own_compile_cache():
     p = shared_plan()
-    kv = rl.kv_cache_bytes(143771, 2, 0.425, 1_260_000_000)
+    kv = kv_cache_bytes(143771, 2, 0.425, 1_260_000_000)
     for s in p.servers:
         assert s.kv_cache_bytes == kv
         assert s.argv[s.argv.index("--kv-cache-memory-bytes") + 1] == str(kv)
@@ -262,12 +272,12 @@ def test_servers_sharing_a_gpu_get_a_fixed_kv_cache_and_their_own_compile_cache(
 
 def test_user_memory_share_wins_and_unknown_weights_keep_profiling():
     p = shared_plan("--gpu-memory-utilization", "0.3")
-    assert {s.kv_cache_bytes for s in p.servers} == {rl.kv_cache_bytes(143771, 2, 0.3, 1_260_000_000)}
+    assert {s.kv_cache_bytes for s in p.servers} == {kv_cache_bytes(143771, 2, 0.3, 1_260_000_000)}
     p = shared_plan(weights=None)
     assert all(s.kv_cache_bytes is None and "--kv-cache-memory-bytes" not in s.argv for s in p.servers)
     assert len({dict(s.env)["VLLM_CACHE_ROOT"] for s in p.servers}) == 2  # in turn: one cache per lane
-    alone = rl.build_plan(parse(), rl.this_machine(("0", "1")), iter(range(1900, 2000)), {}, "/cache",
-                          gpu_mib={"0": 143771, "1": 143771}, weight_bytes={"/ckpt": 10**9})
+    alone = build_plan(parse(), Host(this_machine(("0", "1")), iter(range(1900, 2000)), "/cache",
+                                     gpu_mib={"0": 143771, "1": 143771}, weight_bytes={"/ckpt": 10**9}))
     assert all(s.kv_cache_bytes is None for s in alone.servers)
 
 
@@ -276,11 +286,11 @@ def test_model_weight_bytes_counts_weight_files(tmp_path: Path):
     (tmp_path / "model-00001.safetensors").write_bytes(b"x" * 1000)
     (tmp_path / "model-00002.safetensors").write_bytes(b"x" * 500)
     (tmp_path / "optimizer.pt").write_bytes(b"x" * 3000)  # checkpoint state, not weights on the GPU
-    assert rl.model_weight_bytes(str(tmp_path), None, str(tmp_path / "missing")) == {str(tmp_path): 1500}
+    assert model_weight_bytes(str(tmp_path), None, str(tmp_path / "missing")) == {str(tmp_path): 1500}
     bins = tmp_path / "bins"
     bins.mkdir()
     (bins / "pytorch_model.bin").write_bytes(b"x" * 700)
-    assert rl.model_weight_bytes(str(bins)) == {str(bins): 700}
+    assert model_weight_bytes(str(bins)) == {str(bins): 700}
 
 
 def test_the_open_file_limit_is_raised_to_the_hard_one():
@@ -292,6 +302,6 @@ def test_the_open_file_limit_is_raised_to_the_hard_one():
             "resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))\n"
             "print(run_local.raise_open_file_limit()[0], hard)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(rl.__file__).parent).stdout.split()
+                         cwd=ROOT).stdout.split()
     soft, hard = int(out[0]), int(out[1])
     assert soft > 64 and soft == (hard if hard != -1 else 1 << 20)

@@ -11,7 +11,10 @@ from pathlib import Path
 
 from conftest import LAUNCHER, ROOT, TINY_MODEL, run_launcher
 
-import run_local as rl
+from tau2_run_local.endpoint_file import read_model_config
+from tau2_run_local.executors.base import group_members
+from tau2_run_local.fleet import STOP_GRACE_S
+from tau2_run_local.readiness import serves
 
 SERVER_FLAGS = ["--agent-model", str(TINY_MODEL), "--served-model-name", "smollm2", "--user-llm", "smollm2",
                 "--max-model-len", "8192", "--max-new-tokens", "32", "--vllm-arg=--enforce-eager",
@@ -72,11 +75,11 @@ def test_two_real_servers_come_up_serve_and_leave_nothing_after_sigint(tmp_path:
     while not (config.exists() and results.exists()):
         assert proc.poll() is None and time.monotonic() < deadline, "servers did not come up"
         time.sleep(0.5)
-    endpoints = rl.read_model_config(config)["smollm2"]
-    assert len(endpoints) == 2 and all(rl.serves(url, "smollm2") for url in endpoints)
+    endpoints = read_model_config(config)["smollm2"]
+    assert len(endpoints) == 2 and all(serves(url, "smollm2") for url in endpoints)
     api_servers = [int(p) for p in vllm_pids_of(TINY_MODEL)]
     assert len(api_servers) == 2
-    assert all(len(rl.group_members(pid)) >= 2 for pid in api_servers)  # each with its engine core
+    assert all(len(group_members(pid)) >= 2 for pid in api_servers)  # each with its engine core
     time.sleep(5)  # conversations in flight on both servers
     proc.send_signal(signal.SIGINT)
     interrupted = time.monotonic()
@@ -84,8 +87,8 @@ def test_two_real_servers_come_up_serve_and_leave_nothing_after_sigint(tmp_path:
     gone_after = time.monotonic() - interrupted
     assert proc.returncode == 130, stderr[-3000:]
     pgids = server_pgids(stdout)
-    assert len(pgids) == 2 and not any(rl.group_members(g) for g in pgids)
+    assert len(pgids) == 2 and not any(group_members(g) for g in pgids)
     assert not vllm_processes_of(TINY_MODEL)
-    assert gone_after < rl.STOP_GRACE_S + 5
+    assert gone_after < STOP_GRACE_S + 5
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["domains"]["mock"]["status"] in (
         "incomplete", "complete")

@@ -14,10 +14,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
 from conftest import LAUNCHER, ROOT, STANDIN, run_launcher
 
-import run_local as rl
+from tau2_run_local.compare import bootstrap_ci, compare_folders, incomparable, read_output_folder
+from tau2_run_local.report_files import write_html_report
+from tau2_run_local.results import DomainRun
+from tau2_run_local.scoring import domain_summary
 
 ARTIFACTS = ROOT / "outputs" / "test-artifacts"
 FIELD = re.compile(r'data-field="([^"]+)">([^<]*)<')
@@ -171,12 +173,12 @@ def test_report_escapes_conversation_text_and_redacts_secrets(tmp_path: Path):
                                       {"role": "assistant", "content": None,
                                        "tool_calls": [{"id": "c", "name": "lookup",
                                                        "arguments": {"q": "<b>&"}}]}]}]})
-    run = rl.DomainRun("mock", run_dir / "mock.json", results, 1, (secret,))
+    run = DomainRun("mock", run_dir / "mock.json", results, 1, (secret,))
     plan = SimpleNamespace(agent_name="agent", user_llm="u", eval=SimpleNamespace(output_dir=run_dir))
     ev = SimpleNamespace(runs={"mock": run}, plan=plan)
     models = {"agent": "hosted_vllm/agent", "user": "hosted_vllm/u"}
-    summary = {"domains": {"mock": rl.domain_summary(run, models)}, "overall": rl.domain_summary(run, models)}
-    rl.write_html_report(ev, summary, "finished", (secret,))
+    summary = {"domains": {"mock": domain_summary(run, models)}, "overall": domain_summary(run, models)}
+    write_html_report(ev, summary, "finished", (secret,))
     page = (run_dir / "report.html").read_text()
     assert "<script>alert(1)</script>" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt; my key ***" in page
@@ -211,23 +213,23 @@ def fake_output(folder: Path, rewards: dict[str, dict[str, list[float]]], user: 
 
 
 def test_bootstrap_interval_known_answers():
-    assert rl.bootstrap_ci([0.25] * 40) == (0.25, 0.25)  # no spread, no interval
+    assert bootstrap_ci([0.25] * 40) == (0.25, 0.25)  # no spread, no interval
     # 200 tasks, half solved: the normal approximation gives 0.5 +- 1.96 * sqrt(0.25 / 200) = 0.5 +- 0.069
-    lo, hi = rl.bootstrap_ci([1.0, 0.0] * 100)
+    lo, hi = bootstrap_ci([1.0, 0.0] * 100)
     assert lo == pytest.approx(0.5 - 0.0693, abs=0.012)
     assert hi == pytest.approx(0.5 + 0.0693, abs=0.012)
-    assert rl.bootstrap_ci([1.0, 0.0] * 100) == (lo, hi)  # the same folders give the same interval
-    assert rl.bootstrap_ci([]) is None
+    assert bootstrap_ci([1.0, 0.0] * 100) == (lo, hi)  # the same folders give the same interval
+    assert bootstrap_ci([]) is None
 
 
 def test_compare_paired_difference_and_flips(tmp_path: Path):
     """B solves 20 of the 100 tasks A failed: +0.2, paired interval 0.2 +- 1.96 * 0.4 / 10 = [0.12, 0.28]."""
     base = {f"t{i}": [1.0 if i < 50 else 0.0] for i in range(100)}
     better = {t: [1.0] if 50 <= int(t[1:]) < 70 else rs for t, rs in base.items()}
-    a = rl.read_output_folder(fake_output(tmp_path / "a", {"retail": base}))
-    b = rl.read_output_folder(fake_output(tmp_path / "b", {"retail": better}))
-    assert rl.incomparable(a, b) == []
-    table = rl.compare_folders([a, b])
+    a = read_output_folder(fake_output(tmp_path / "a", {"retail": base}))
+    b = read_output_folder(fake_output(tmp_path / "b", {"retail": better}))
+    assert incomparable(a, b) == []
+    table = compare_folders([a, b])
     assert table["scores"][0]["retail:reward"]["mean"] == pytest.approx(0.5)
     assert table["scores"][1]["overall:reward"]["mean"] == pytest.approx(0.7)
     diff = table["differences"][1]["retail:reward"]
@@ -239,9 +241,9 @@ def test_compare_paired_difference_and_flips(tmp_path: Path):
 
 def test_compare_pass_k_and_tasks_both_ran(tmp_path: Path):
     """pass^k per task as tau2 defines it; the paired difference only over tasks both folders ran."""
-    a = rl.read_output_folder(fake_output(tmp_path / "a", {"mock": {"x": [1.0, 1.0], "y": [1.0, 0.0], "z": [0.0, 0.0]}}))
-    b = rl.read_output_folder(fake_output(tmp_path / "b", {"mock": {"x": [1.0, 1.0], "y": [1.0, 1.0]}}))
-    table = rl.compare_folders([a, b])
+    a = read_output_folder(fake_output(tmp_path / "a", {"mock": {"x": [1.0, 1.0], "y": [1.0, 0.0], "z": [0.0, 0.0]}}))
+    b = read_output_folder(fake_output(tmp_path / "b", {"mock": {"x": [1.0, 1.0], "y": [1.0, 1.0]}}))
+    table = compare_folders([a, b])
     assert table["metrics"] == ["reward", "pass^1", "pass^2"]
     assert table["scores"][0]["mock:pass^2"]["mean"] == pytest.approx(1 / 3)  # only x passes both trials
     assert table["scores"][0]["mock:pass^1"]["mean"] == pytest.approx(0.5)

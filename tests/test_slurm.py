@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-
 from conftest import LAUNCHER, ROOT, launcher_args, run_launcher, standin_env
 
 sys.path.insert(0, str(ROOT / "tests" / "slurm"))

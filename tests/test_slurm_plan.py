@@ -3,7 +3,13 @@ from __future__ import annotations
 
 import pytest
 
-import run_local as rl
+from tau2_run_local.endpoint_file import config_pools
+from tau2_run_local.errors import UsageError
+from tau2_run_local.plan import Host, Node, Plan
+from tau2_run_local.planner import build_plan, sbatch_nodes
+from tau2_run_local.sbatch import job_argv, job_script
+from tau2_run_local.settings import parse_request
+from tau2_run_local.slurm_discovery import index_list, parse_job_nodes, parse_node_addresses
 
 DETAIL = """JobId=7 JobName=x
    NumNodes=3 NumCPUs=20 NumTasks=3 CPUs/Task=8 ReqB:S:C:T=0:0:*:*
@@ -14,19 +20,19 @@ DETAIL = """JobId=7 JobName=x
 """
 
 
-def nodes(count: int = 2, gpus: int = 4, cpus: int = 8) -> tuple[rl.Node, ...]:
-    return tuple(rl.Node(f"n{i + 1}", f"10.0.0.{i + 1}", tuple(map(str, range(gpus))), cpus) for i in range(count))
+def nodes(count: int = 2, gpus: int = 4, cpus: int = 8) -> tuple[Node, ...]:
+    return tuple(Node(f"n{i + 1}", f"10.0.0.{i + 1}", tuple(map(str, range(gpus))), cpus) for i in range(count))
 
 
-def plan(*argv: str, on=None) -> rl.Plan:
-    args = rl.build_parser().parse_args(["--agent-model", "/ckpt", *argv])
-    return rl.build_plan(args, on or nodes(), iter(range(1900, 2000)), {}, "/cache", executor="slurm")
+def plan(*argv: str, on=None) -> Plan:
+    request = parse_request(["--agent-model", "/ckpt", *argv], {})
+    return build_plan(request, Host(on or nodes(), iter(range(1900, 2000)), "/cache", executor="slurm"))
 
 
 def test_scontrol_job_detail_gives_cpus_and_gpu_ids_per_node():
-    assert rl.parse_job_nodes(DETAIL) == [("n[1-2]", 8, ("0", "1", "2", "3")), ("n3", 4, ("1", "3"))]
-    assert rl.index_list("0-2,5") == ("0", "1", "2", "5")
-    assert rl.parse_node_addresses("NodeName=n1 Arch=x NodeAddr=10.1.1.1 NodeHostName=a\nNodeName=n2 NodeAddr=b") \
+    assert parse_job_nodes(DETAIL) == [("n[1-2]", 8, ("0", "1", "2", "3")), ("n3", 4, ("1", "3"))]
+    assert index_list("0-2,5") == ("0", "1", "2", "5")
+    assert parse_node_addresses("NodeName=n1 Arch=x NodeAddr=10.1.1.1 NodeHostName=a\nNodeName=n2 NodeAddr=b") \
         == {"n1": "10.1.1.1", "n2": "b"}
 
 
@@ -42,7 +48,7 @@ def test_servers_fill_the_nodes_gpus_and_are_reached_at_their_node():
                               "--mem=0", "--gres=gpu:2", "--job-name=run_local_1906", "--kill-on-bad-exit=1")
     assert "CUDA_VISIBLE_DEVICES" not in dict(user.env)  # SLURM sets it for the step
     assert len(set(s.lane for s in p.servers)) == 7  # GPU 0 of n1 and GPU 0 of n2 are different GPUs
-    assert rl.config_pools(p) == {"/ckpt": list(p.agent_urls), "/user": [user.url]}
+    assert config_pools(p) == {"/ckpt": list(p.agent_urls), "/user": [user.url]}
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -53,28 +59,28 @@ def test_servers_fill_the_nodes_gpus_and_are_reached_at_their_node():
     (("--servers-per-gpu", "2"), "not supported with the SLURM executor"),
 ])
 def test_bad_slurm_plans(argv, message):
-    with pytest.raises(rl.UsageError, match=message):
+    with pytest.raises(UsageError, match=message):
         plan(*argv)
 
 
 def test_servers_never_share_a_gpu_under_slurm():
-    with pytest.raises(rl.UsageError, match="GPU n1:0 would be shared"):
+    with pytest.raises(UsageError, match="GPU n1:0 would be shared"):
         plan("--num-servers", "1", "--user-model", "/u", on=nodes(count=1, gpus=1))
 
 
 def test_a_node_needs_a_cpu_per_server():
-    with pytest.raises(rl.UsageError, match="node n1 has 2 CPU"):
+    with pytest.raises(UsageError, match="node n1 has 2 CPU"):
         plan("--num-servers", "4", "--gpu-ids", "n1:0,n1:1,n1:2,n1:3", on=nodes(cpus=2))
 
 
 def test_job_script_runs_the_same_command_on_the_slurm_executor(tmp_path):
     argv = ["--agent-model", "/ckpt", "--sbatch", "--slurm-nodes", "2", "--slurm-partition=gpu",
             "--sbatch-arg=--qos=high", "--executor", "auto", "--domains", "retail"]
-    assert rl.job_argv(argv) == ["--agent-model", "/ckpt", "--domains", "retail", "--executor", "slurm"]
-    args = rl.build_parser().parse_args([*argv, "--log-dir", str(tmp_path)])
-    nodes = rl.sbatch_nodes(args)
+    assert job_argv(argv) == ["--agent-model", "/ckpt", "--domains", "retail", "--executor", "slurm"]
+    request = parse_request([*argv, "--log-dir", str(tmp_path)], {})
+    nodes = sbatch_nodes(request)
     assert [(n.name, len(n.gpus), n.cpus) for n in nodes] == [("node1", 2, 3), ("node2", 2, 3)]
-    script = rl.job_script(args, argv, nodes, tmp_path)
+    script = job_script(request, argv, nodes, tmp_path)
     for line in ("#SBATCH --nodes=2", "#SBATCH --gres=gpu:2", "#SBATCH --cpus-per-task=3", "#SBATCH --partition=gpu",
                  "#SBATCH --qos=high", f"#SBATCH --output={tmp_path}/slurm-%j.out", f"cd {tmp_path}"):
         assert line in script.splitlines()

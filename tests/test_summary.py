@@ -4,15 +4,19 @@ from __future__ import annotations
 import random
 
 import pytest
-
-import run_local as rl
 from conftest import cpu_plan
+
+from tau2_run_local.evaluation import Evaluation
+from tau2_run_local.report_files import summary_markdown
+from tau2_run_local.results import DomainRun
+from tau2_run_local.routing import Router
+from tau2_run_local.scoring import is_success, is_tool_call_text, pass_hat_k, score, summarize, unparsed_tool_calls
 
 
 def synthetic_results(domain: str, trials: int, seed: int):
     """Real τ²-bench Results over a domain's tasks, with rewards drawn at random (0, 1 or partial)."""
-    from tau2.data_model.simulation import Results, RewardInfo, SimulationRun, TerminationReason
     import tau2.run
+    from tau2.data_model.simulation import Results, RewardInfo, SimulationRun, TerminationReason
 
     rng = random.Random(seed)
     tasks = tau2.run.get_tasks(domain, num_tasks=6)
@@ -29,7 +33,7 @@ def synthetic_results(domain: str, trials: int, seed: int):
 def test_score_matches_tau2_metrics(trials: int, seed: int):
     from tau2.metrics.agent_metrics import compute_metrics
     results = synthetic_results("mock", trials, seed)
-    ours = rl.score(results.simulations)
+    ours = score(results.simulations)
     theirs = compute_metrics(results)
     assert ours["avg_reward"] == pytest.approx(theirs.avg_reward)
     assert {int(k): v for k, v in ours["pass_hat_k"].items()} == pytest.approx(theirs.pass_hat_ks)
@@ -37,19 +41,19 @@ def test_score_matches_tau2_metrics(trials: int, seed: int):
 
 
 def test_pass_hat_k_formula():
-    assert rl.pass_hat_k(4, 2, 1) == 0.5
-    assert rl.pass_hat_k(4, 2, 2) == pytest.approx(1 / 6)
-    assert rl.pass_hat_k(3, 3, 3) == 1.0
-    assert rl.is_success(1.0) and not rl.is_success(0.5)
+    assert pass_hat_k(4, 2, 1) == 0.5
+    assert pass_hat_k(4, 2, 2) == pytest.approx(1 / 6)
+    assert pass_hat_k(3, 3, 3) == 1.0
+    assert is_success(1.0) and not is_success(0.5)
 
 
 def test_overall_keeps_domains_apart(tmp_path):
     """Retail and airline both have a task '0': overall pass^k must not merge them."""
     retail, airline = synthetic_results("retail", 2, 5), synthetic_results("airline", 2, 6)
-    runs = {d: rl.DomainRun(d, tmp_path / f"{d}.json", r, len(r.simulations), ()) for d, r in
+    runs = {d: DomainRun(d, tmp_path / f"{d}.json", r, len(r.simulations), ()) for d, r in
             (("retail", retail), ("airline", airline))}
-    ev = rl.Evaluation(tau2=None, plan=cpu_plan(), agent_pool=rl.Router(["u"]), user_pool=None, runs=runs, say=print)
-    summary = rl.summarize(ev, wall_s=1.0)
+    ev = Evaluation(tau2=None, plan=cpu_plan(), agent_pool=Router(["u"]), user_pool=None, runs=runs, say=print)
+    summary = summarize(ev, wall_s=1.0)
     both = [*retail.simulations, *airline.simulations]
     assert summary["overall"]["simulations"] == len(both)
     assert summary["overall"]["avg_reward"] == pytest.approx(sum(s.reward_info.reward for s in both) / len(both))
@@ -57,14 +61,12 @@ def test_overall_keeps_domains_apart(tmp_path):
     assert summary["overall"]["pass_hat_k"]["2"] == pytest.approx(sum(per_task) / summary["overall"]["tasks"])
     assert summary["overall"]["tasks"] == 12
     assert sum(summary["overall"]["termination_reasons"].values()) == len(both)
-    md = rl.summary_markdown(summary)
+    md = summary_markdown(summary)
     assert "| retail |" in md and "| overall |" in md and "pass^2" in md
 
 
 def test_tool_calls_left_in_text_are_counted_for_the_parser_hint():
     from types import SimpleNamespace as NS
-
-    import run_local as rl
 
     call = '{"name": "get_order_details", "arguments": {"order_id": "#W1"}}'
     messages = [
@@ -74,6 +76,6 @@ def test_tool_calls_left_in_text_are_counted_for_the_parser_hint():
         NS(role="assistant", content='Your order is {"id": "#W1"}.', tool_calls=None),  # data, no call
         NS(role="user", content=call, tool_calls=None),  # the user simulator's text does not count
     ]
-    assert rl.unparsed_tool_calls([NS(messages=messages)]) == 2
-    assert not rl.is_tool_call_text('{"name": "x", "arguments": "not an object"}')
-    assert not rl.is_tool_call_text("{ not json")
+    assert unparsed_tool_calls([NS(messages=messages)]) == 2
+    assert not is_tool_call_text('{"name": "x", "arguments": "not an object"}')
+    assert not is_tool_call_text("{ not json")

@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-import make_tool_model as mtm  # noqa: E402
-
 import gguf  # noqa: E402  (in the test extra)
+import make_tool_model as mtm  # noqa: E402
 
 # a byte-level vocabulary ('Ġ' is the space), then the GGUF's control / user-defined / unused tokens
 TOKENS = ["a", "b", "c", "Ġ", "{", "}", '"', ":", "ab", "Ġa",

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from conftest import LAUNCHER, ROOT, STANDIN, run_launcher
 
-import run_local as rl
+from tau2_run_local.watch import checkpoint_state, find_checkpoints
 
 
 def make_checkpoint(root: Path, name: str, fail: str = "", shards: int = 1, written: int = 1) -> Path:
@@ -113,12 +113,12 @@ def test_checkpoint_states(tmp_path: Path):
         for f in ckpt.iterdir():
             os.utime(f, (past + i, past + i))
     now = time.time()
-    assert rl.find_checkpoints(tmp_path) == [old, half, nested]
-    assert rl.checkpoint_state(old, 60, now) == "ready"
-    assert rl.checkpoint_state(half, 60, now) == "incomplete"
+    assert find_checkpoints(tmp_path) == [old, half, nested]
+    assert checkpoint_state(old, 60, now) == "ready"
+    assert checkpoint_state(half, 60, now) == "incomplete"
     (half / "model-00003-of-00003.safetensors").write_bytes(b"\0")
-    assert rl.checkpoint_state(half, 60, time.time()) == "writing"
-    assert rl.checkpoint_state(half, 60, time.time() + 61) == "ready"
+    assert checkpoint_state(half, 60, time.time()) == "writing"
+    assert checkpoint_state(half, 60, time.time() + 61) == "ready"
 
 
 def test_watch_bad_input(tmp_path: Path):

@@ -14,13 +14,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-
 from conftest import LAUNCHER, ROOT, STANDIN
 
 sys.path.insert(0, str(STANDIN))
 from known_rewards import expected_reward  # noqa: E402
 
-import run_local as rl  # noqa: E402
+from tau2_run_local.concurrency import Concurrency, make_concurrency, vllm_gauges
+from tau2_run_local.endpoint_file import write_model_config
+from tau2_run_local.plan import Host, endpoint_url
+from tau2_run_local.planner import build_plan
+from tau2_run_local.settings import parse_request
 
 DOMAIN, TASKS, MAX_STEPS = "retail", 8, 60
 FAILED = "retail/3,retail/8"  # the stand-in agent does not solve these: rewards are not all 1
@@ -28,7 +31,7 @@ FAILED = "retail/3,retail/8"  # the stand-in agent does not solve these: rewards
 
 def launcher(tmp: Path, ports: list[int], *extra: str) -> list[str]:
     config = tmp / "model_config_local.json"
-    rl.write_model_config(config, {"standin": [rl.endpoint_url("127.0.0.1", p) for p in ports]})
+    write_model_config(config, {"standin": [endpoint_url("127.0.0.1", p) for p in ports]})
     return [sys.executable, str(LAUNCHER), "--skip-server-start", "--model-config-path", str(config),
             "--user-llm", "standin", "--domains", DOMAIN, "--num-tasks", str(TASKS), "--max-steps",
             str(MAX_STEPS), "--output-dir", str(tmp / "out"), "--log-dir", str(tmp / "logs"), *extra]
@@ -123,13 +126,13 @@ def gauges():
 def test_vllm_gauges_read_from_metrics(gauges):
     root, state = gauges
     state.update(running=12, waiting=3, kv=0.42)
-    assert rl.vllm_gauges(root) == {"running": 12.0, "waiting": 3.0, "kv": 0.42}
-    assert rl.vllm_gauges("http://127.0.0.1:9") is None  # nothing there: not steered
+    assert vllm_gauges(root) == {"running": 12.0, "waiting": 3.0, "kv": 0.42}
+    assert vllm_gauges("http://127.0.0.1:9") is None  # nothing there: not steered
 
 
 def test_concurrency_grows_while_the_server_has_room_and_shrinks_when_it_queues(gauges):
     root, state = gauges
-    conc = rl.Concurrency(16, 100, (root,), period=0.0)
+    conc = Concurrency(16, 100, (root,), period=0.0)
     conc.in_flight = 16
     conc.steer(backlog=True)
     assert conc.target == 24  # no request waiting, KV cache nearly empty, every slot taken: +50%
@@ -158,18 +161,18 @@ def test_concurrency_grows_while_the_server_has_room_and_shrinks_when_it_queues(
 
 def test_concurrency_is_fixed_with_max_concurrency_or_without_gauges(gauges):
     root, _ = gauges
-    fixed = rl.make_concurrency(rl.build_plan(rl.build_parser().parse_args(
-        ["--skip-server-start", "--max-concurrency", "40", "--workers", "2"]), (), iter(()),
-        {"m": ("http://127.0.0.1:1/v1",)}, "/cache"))
+    fixed = make_concurrency(build_plan(parse_request(
+        ["--skip-server-start", "--max-concurrency", "40", "--workers", "2"], {}),
+        Host((), iter(()), "/cache", {"m": ("http://127.0.0.1:1/v1",)})))
     assert (fixed.target, fixed.ceiling, fixed.adaptive) == (40, 40, False)
-    plan = rl.build_plan(rl.build_parser().parse_args(["--skip-server-start"]), (), iter(()),
-                         {"m": ("http://127.0.0.1:1/v1", "http://127.0.0.1:2/v1")}, "/cache", client_cpus=16)
-    adaptive = rl.make_concurrency(plan)
+    plan = build_plan(parse_request(["--skip-server-start"], {}), Host(
+        (), iter(()), "/cache", {"m": ("http://127.0.0.1:1/v1", "http://127.0.0.1:2/v1")}, cpus=16))
+    adaptive = make_concurrency(plan)
     assert (adaptive.target, adaptive.ceiling, adaptive.adaptive) == (32, 512, True)
     assert plan.eval.workers == 8  # half of 16 CPUs
-    assert rl.build_plan(rl.build_parser().parse_args(["--skip-server-start"]), (), iter(()),
-                         {"m": ("http://127.0.0.1:1/v1",)}, "/cache", client_cpus=2).eval.workers == 1
-    blind = rl.Concurrency(16, 256, ("http://127.0.0.1:9",), period=0.0)
+    assert build_plan(parse_request(["--skip-server-start"], {}), Host(
+        (), iter(()), "/cache", {"m": ("http://127.0.0.1:1/v1",)}, cpus=2)).eval.workers == 1
+    blind = Concurrency(16, 256, ("http://127.0.0.1:9",), period=0.0)
     blind.in_flight = 16
     blind.steer(backlog=True)
     assert blind.target == 16 and blind.readings == []

@@ -19,7 +19,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
-import run_local as rl  # noqa: E402  (the hint's detector: tool calls left in text)
+from tau2_run_local.scoring import unparsed_tool_calls
 
 
 def stamp(text: str) -> float:
@@ -45,7 +45,7 @@ def domain_figures(path: Path) -> dict:
             if m["role"] == "tool" and m.get("error"):
                 tool_errors += 1
         llm_calls.append(n)
-    unparsed = rl.unparsed_tool_calls(
+    unparsed = unparsed_tool_calls(
         type("S", (), {"messages": [type("M", (), m) for m in s["messages"]]}) for s in sims)
     durations = [s["duration"] for s in sims]
     starts, ends = [stamp(s["start_time"]) for s in sims], [stamp(s["end_time"]) for s in sims]

@@ -43,6 +43,7 @@ PY = sys.executable
 LAUNCHER = ROOT / "run_local.py"
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from common import launcher_version, machine, start_standin, stop_group, timed  # noqa: E402
+
 DOMAINS = ["retail", "telecom", "airline"]
 MAX_STEPS = 60
 CONCURRENCY = 8

@@ -20,7 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-import run_local as rl  # noqa: E402
+from tau2_run_local.executors.base import group_members
 
 MODEL = ROOT / "models" / "smollm2-135m"
 
@@ -69,15 +69,15 @@ def ctrl_c_to_gone(stand_in: bool) -> dict:
                 raise SystemExit(proc.stderr.read())
             time.sleep(0.2)
         groups = [pid for pid in api_server_pids()]
-        members_before = sum(len(rl.group_members(g)) for g in groups)
+        members_before = sum(len(group_members(g)) for g in groups)
         proc.send_signal(signal.SIGINT)
         sent = time.monotonic()
-        while any(rl.group_members(g) for g in groups):
+        while any(group_members(g) for g in groups):
             time.sleep(0.02)
         servers_gone = time.monotonic() - sent
         stdout, _ = proc.communicate()
         launcher_exit = time.monotonic() - sent
-        assert not any(rl.group_members(g) for g in server_groups(stdout))
+        assert not any(group_members(g) for g in server_groups(stdout))
         return {"servers": len(groups), "processes_in_server_groups": members_before,
                 "ctrl_c_to_last_server_process_gone_s": round(servers_gone, 2),
                 "ctrl_c_to_launcher_exit_s": round(launcher_exit, 2), "exit_code": proc.returncode}

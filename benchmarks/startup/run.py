@@ -62,8 +62,10 @@ PY = sys.executable
 LAUNCHER = ROOT / "run_local.py"
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from common import launcher_version, machine  # noqa: E402
+
 sys.path.insert(0, str(ROOT))
-import run_local as rl  # noqa: E402
+from tau2_run_local.host import port_is_free
+
 STANDIN = ROOT / "tests" / "standin"
 TINY_MODEL = ROOT / "models" / "smollm2-135m"
 # Another engineer's real-vLLM runs on this checkout's models (the brief's pgrep pattern).
@@ -161,7 +163,7 @@ def port_block(size: int = 20) -> int:
         while True:
             base = _next_port[0]
             _next_port[0] += size
-            if all(rl.port_is_free("127.0.0.1", p) for p in range(base, base + size)):
+            if all(port_is_free("127.0.0.1", p) for p in range(base, base + size)):
                 return base
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(HERE.parents[1]))
-import run_local as rl  # noqa: E402  (the hint's detector: tool calls left in text)
+from tau2_run_local.scoring import unparsed_tool_calls
 
 
 def stamp(text: str) -> float:
@@ -47,7 +47,7 @@ def domain_figures(path: Path) -> dict:
                 tool_errors += 1
         llm_calls.append(n)
         serial.append((n, made))
-    unparsed = rl.unparsed_tool_calls(
+    unparsed = unparsed_tool_calls(
         type("S", (), {"messages": [type("M", (), m) for m in s["messages"]]}) for s in sims)
     durations = [s["duration"] for s in sims]
     starts, ends = [stamp(s["start_time"]) for s in sims], [stamp(s["end_time"]) for s in sims]

@@ -19,7 +19,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
-import run_local as rl  # noqa: E402
+from tau2_run_local.endpoint_file import write_model_config
+from tau2_run_local.plan import endpoint_url
+from tau2_run_local.readiness import serves
 
 PORTS = [8201, 8202, 8203, 8204]
 FAILED = "retail/3,retail/8,airline/5"
@@ -51,9 +53,9 @@ def main() -> None:
                                   "--host", "127.0.0.1", "--port", str(p)], env=env, start_new_session=True,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for p in PORTS]
     try:
-        while not all(rl.serves(rl.endpoint_url("127.0.0.1", p), "standin") for p in PORTS):
+        while not all(serves(endpoint_url("127.0.0.1", p), "standin") for p in PORTS):
             time.sleep(0.2)
-        rl.write_model_config(work / "mc.json", {"standin": [rl.endpoint_url("127.0.0.1", p) for p in PORTS]})
+        write_model_config(work / "mc.json", {"standin": [endpoint_url("127.0.0.1", p) for p in PORTS]})
         warm = launcher(work, "warm", 1, "--num-tasks", "4", "--max-concurrency", "8")
         runs = []
         for n in counts:
@@ -76,7 +78,7 @@ def main() -> None:
         for r in runs:
             r["speedup_vs_first"] = round(one["wall_s"] / r["wall_s"], 2)
         result = {"machine": {"cpus": os.cpu_count()}, "warm_up_s": round(warm[0], 1), "standin_servers": len(PORTS),
-                  "runs": runs, "same_simulations_as_first": same, "commit_tree": rl.__file__}
+                  "runs": runs, "same_simulations_as_first": same, "commit_tree": str(ROOT)}
         out.write_text(json.dumps(result, indent=2))
         print(json.dumps(result, indent=2))
     finally:
