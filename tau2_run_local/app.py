@@ -1,4 +1,6 @@
-"""app"""
+"""One evaluation from start to end: check, start the servers, write the endpoint file, simulate, report,
+stop. The process-wide settings an evaluation needs (signal handlers, the open-file limit) are set here.
+"""
 from __future__ import annotations
 
 import contextlib

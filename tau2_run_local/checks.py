@@ -1,4 +1,6 @@
-"""checks"""
+"""Everything that can be known wrong before a process starts: model folders, ports, writable folders, API
+keys a hosted model needs, endpoints that must already serve.
+"""
 from __future__ import annotations
 
 import tempfile

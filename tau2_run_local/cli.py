@@ -1,4 +1,6 @@
-"""cli"""
+"""The command line's entry: the request read at the edge, one of --compare, --watch or an evaluation, and
+the one exit path shared by run_local.py, `python -m tau2_run_local` and `run-local`.
+"""
 from __future__ import annotations
 
 import os

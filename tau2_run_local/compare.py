@@ -1,4 +1,6 @@
-"""compare"""
+"""--compare: earlier output folders side by side, with bootstrap intervals over tasks, paired differences
+and flipped tasks; compare.md, compare.html and compare.json.
+"""
 from __future__ import annotations
 
 import json

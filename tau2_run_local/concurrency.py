@@ -1,4 +1,6 @@
-"""concurrency"""
+"""How many simulations are in flight: fixed, or steered by vLLM's own /metrics gauges (requests running
+and waiting, KV-cache use) between a start and a ceiling.
+"""
 from __future__ import annotations
 
 import contextlib

@@ -1,4 +1,6 @@
-"""defaults"""
+"""The launcher's fixed choices in one place: domains, τ²-bench's agent and user names and the routed names
+results record, sampling and retry defaults, concurrency and worker sizing, the experts' tool and addendum.
+"""
 from __future__ import annotations
 
 KNOWN_DOMAINS = ("retail", "telecom", "telecom-workflow", "airline", "mock")

@@ -1,4 +1,4 @@
-"""dry_run"""
+"""--dry-run: the plan as a person reads it (placement, commands, endpoint file) and `tau2 run` equivalents."""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,6 @@
-"""endpoint_file"""
+"""The endpoint file (model_config_local.json) in the seed script's shape: written atomically, read back with
+every malformed entry reported as bad input, and the pools it lists.
+"""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,6 @@
-"""errors"""
+"""The two errors that decide how the launcher ends: bad input (exit code 2, before any process starts) and a
+server that failed (exit code 1, with its log tail and the command to reproduce it).
+"""
 from __future__ import annotations
 
 

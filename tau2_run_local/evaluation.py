@@ -1,4 +1,6 @@
-"""evaluation"""
+"""The shared state of one evaluation's simulations (pools, pacing, health, results) and one simulation run
+with stock τ²-bench, every failure judged; the schedule of jobs over the domains.
+"""
 from __future__ import annotations
 
 import contextlib

@@ -1,4 +1,6 @@
-"""expert_plan"""
+"""Experts as the request names them: which are checkpoint folders (served pools of this fleet), which are
+in the endpoint file, which are APIs; their descriptions, prices and the policy addendum.
+"""
 from __future__ import annotations
 
 import json

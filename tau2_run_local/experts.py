@@ -1,4 +1,6 @@
-"""experts"""
+"""The orchestration setting: the call_expert tool the agent gets, and the hand-over of its turn to the
+expert it names, through that expert's pool and guard.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,4 +1,6 @@
-"""faults"""
+"""What a failed model call means, decided here and nowhere else: the machinery's faults are retried (with
+backoff, on another server) and never scored; the model's are scored as τ²-bench scores them.
+"""
 from __future__ import annotations
 
 import contextlib

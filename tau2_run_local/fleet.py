@@ -1,4 +1,6 @@
-"""fleet"""
+"""The servers this run started: started in lanes (a GPU's sharers in turn, or together with a fixed KV cache),
+waited for, watched, restarted, and stopped as groups on every way out.
+"""
 from __future__ import annotations
 
 import concurrent.futures as futures

@@ -1,4 +1,6 @@
-"""host"""
+"""What this machine shows: its GPUs and their memory, the weights' sizes, free ports; and survey_host, which
+gathers all the planner needs (through SLURM discovery inside an allocation) into a Host.
+"""
 from __future__ import annotations
 
 import contextlib

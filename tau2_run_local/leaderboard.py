@@ -1,4 +1,4 @@
-"""leaderboard"""
+"""The watch's leaderboard: each checkpoint's scores, as leaderboard.md and leaderboard.html."""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,6 @@
-"""loop"""
+"""The evaluation loop: as many simulations in flight as the concurrency allows, outcomes recorded as they
+come, dead servers taken out of routing (and restarted if asked), progress redrawn.
+"""
 from __future__ import annotations
 
 import time

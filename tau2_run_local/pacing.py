@@ -1,4 +1,6 @@
-"""pacing"""
+"""How fast a pool is called: at most so many calls in flight and started a minute, halved on HTTP 429 and
+won back one success at a time; exponential backoff with full jitter between retries.
+"""
 from __future__ import annotations
 
 import contextlib

@@ -1,4 +1,6 @@
-"""pages"""
+"""What the HTML pages share: one self-contained page (styles inline, nothing fetched), matplotlib plots as
+inline SVG, reward colours and number formats.
+"""
 from __future__ import annotations
 
 import functools

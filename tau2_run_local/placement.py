@@ -1,4 +1,6 @@
-"""placement"""
+"""Where servers go, pure: GPU slots and groups, round-robin placement of the agent's pool, the other pools
+on the GPUs they were given (or the last free ones), lanes of servers sharing a GPU, KV-cache sizes.
+"""
 from __future__ import annotations
 
 import math

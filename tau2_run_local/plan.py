@@ -1,4 +1,6 @@
-"""plan"""
+"""The plan's frozen dataclasses: nodes, pools, servers, the evaluation's settings, experts, the Plan itself,
+and the Host record of what the machine showed. Plain data, safe to send to worker processes.
+"""
 from __future__ import annotations
 
 import shlex

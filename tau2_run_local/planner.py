@@ -1,4 +1,6 @@
-"""planner"""
+"""From a Request and a Host to a Plan, pure: the pools, the servers, where the user simulator and the
+experts are reached, the evaluation's settings. Testable with no process and no GPU.
+"""
 from __future__ import annotations
 
 import math

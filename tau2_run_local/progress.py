@@ -1,4 +1,4 @@
-"""progress"""
+"""Progress as a person follows it: a live table on a terminal, timestamped lines in a log."""
 from __future__ import annotations
 
 import time

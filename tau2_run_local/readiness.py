@@ -1,4 +1,4 @@
-"""readiness"""
+"""Is a server there and serving? vLLM's readiness, read over HTTP: /health, then /v1/models."""
 from __future__ import annotations
 
 import json

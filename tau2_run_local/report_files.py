@@ -1,4 +1,6 @@
-"""report_files"""
+"""The files an evaluation leaves: summary.json, summary.md, manifest.json and report.html (rewritten live
+while the run goes on), the printed table, and how to finish what is left.
+"""
 from __future__ import annotations
 
 import json

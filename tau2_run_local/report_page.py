@@ -1,4 +1,6 @@
-"""report_page"""
+"""report.html: scores, failures, plots, the task grid and every conversation, with each number findable by
+its data-field.
+"""
 from __future__ import annotations
 
 import contextlib

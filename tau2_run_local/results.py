@@ -1,4 +1,6 @@
-"""results"""
+"""One simulation's job and outcome, a domain's results on disk after every simulation (τ²-bench's own
+format, with the simulations not scored beside it), and resuming an output folder written earlier.
+"""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,6 @@
-"""routing"""
+"""Which server holds a conversation: the least busy live server of its pool, kept for the whole
+conversation (its prefix cache stays there), moved only when that server fails.
+"""
 from __future__ import annotations
 
 import threading

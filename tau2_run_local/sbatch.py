@@ -1,4 +1,6 @@
-"""sbatch"""
+"""--sbatch: from a login node, a job script that runs this same command inside an allocation of the size
+the plan needs, submitted and followed.
+"""
 from __future__ import annotations
 
 import shlex

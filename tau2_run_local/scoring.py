@@ -1,4 +1,6 @@
-"""scoring"""
+"""Scores as τ²-bench computes them (average reward, pass^k), failures by category, tokens and cost per model,
+and the summary of a whole evaluation.
+"""
 from __future__ import annotations
 
 import contextlib

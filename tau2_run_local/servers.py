@@ -1,4 +1,6 @@
-"""servers"""
+"""The exact command and environment of each server: vLLM's flags, the srun step that runs it under SLURM,
+its compile cache, and the fleet's specs built from placement.
+"""
 from __future__ import annotations
 
 import shlex

@@ -1,4 +1,6 @@
-"""settings"""
+"""The command line, read once: every option with its default and help (Request.add_cli_args), and the
+Request it becomes (Request.from_cli_args). Nothing below this module sees argparse.
+"""
 from __future__ import annotations
 
 import argparse

@@ -1,4 +1,6 @@
-"""slurm_discovery"""
+"""Inside (or for) a SLURM allocation: which executor runs the servers, the allocation's nodes with the CPUs
+and GPUs this job holds on each and the addresses other nodes reach them at.
+"""
 from __future__ import annotations
 
 import re

@@ -1,4 +1,4 @@
-"""tasks"""
+"""The tasks of a domain as `tau2 run` picks them (task set, split, ids, count), and τ²-bench's per-trial seeds."""
 from __future__ import annotations
 
 import random

@@ -1,4 +1,6 @@
-"""util"""
+"""Small helpers every layer may use: files written atomically, timestamps, secrets kept out of what is
+written, package versions, and the command that runs this launcher again.
+"""
 from __future__ import annotations
 
 import contextlib

@@ -1,4 +1,6 @@
-"""validation"""
+"""Checks and small parsers of the request's values (counts, GPU lists, ports, JSON sampling arguments,
+NAME=VALUE options): each failure is bad input, one line.
+"""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,6 @@
-"""watch"""
+"""--watch: every checkpoint of a training run evaluated once it is completely written, oldest first, each a
+full evaluation of its own; a restarted watch resumes where it stopped.
+"""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,6 @@
-"""worker_main"""
+"""A worker process's entry: it runs what the coordinator hands it on threads of its own and sends back each
+outcome; Ctrl-C and the servers are the coordinator's.
+"""
 from __future__ import annotations
 
 import concurrent.futures as futures

@@ -297,10 +297,10 @@ def test_the_open_file_limit_is_raised_to_the_hard_one():
     """High concurrency has crashed servers with "Too many open files"; servers inherit the launcher's."""
     import subprocess
     import sys
-    code = ("import resource, run_local\n"
+    code = ("import resource\nfrom tau2_run_local.app import raise_open_file_limit\n"
             "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
             "resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))\n"
-            "print(run_local.raise_open_file_limit()[0], hard)\n")
+            "print(raise_open_file_limit()[0], hard)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=ROOT).stdout.split()
     soft, hard = int(out[0]), int(out[1])

@@ -1,4 +1,6 @@
-"""executors"""
+"""Where servers run, behind one interface (base.Executor): process groups on this machine (local) or job
+steps of a SLURM allocation (slurm). The fleet starts, watches and stops servers only through it.
+"""
 from __future__ import annotations
 
 from .base import Executor

@@ -1,4 +1,6 @@
-"""executors/base"""
+"""The executor interface, and what both executors share: a server started in its own process group that
+dies with the launcher, signals to whole groups, and a group's live members read from /proc.
+"""
 from __future__ import annotations
 
 import contextlib

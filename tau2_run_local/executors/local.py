@@ -1,4 +1,4 @@
-"""executors/local"""
+"""Servers as process groups on this machine."""
 from __future__ import annotations
 
 import subprocess

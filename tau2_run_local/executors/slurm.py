@@ -1,4 +1,4 @@
-"""executors/slurm"""
+"""Servers as SLURM job steps, each started by its own srun and stopped with scancel."""
 from __future__ import annotations
 
 import contextlib

@@ -208,7 +208,9 @@ def launch(args: list[str], work: Path, port: int) -> str:
 def rendered_pages(out: Path) -> None:
     """report.html, compare.html and leaderboard.html from the fixed inputs, in this process."""
     sys.path.insert(0, str(ROOT))
-    from run_local import compare_folders, compare_html, leaderboard_html, read_output_folder, report_html
+    from tau2_run_local.compare import compare_folders, compare_html, read_output_folder
+    from tau2_run_local.leaderboard import leaderboard_html
+    from tau2_run_local.report_page import report_html
 
     folder = INPUTS / "output_folder"
     summary = json.loads((folder / "summary.json").read_text())

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from run_local import port_is_free  # noqa: E402  (the launcher's own check: no SO_REUSEPORT)
+from tau2_run_local.host import port_is_free  # noqa: E402  (the launcher's own check: no SO_REUSEPORT)
 
 PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge")
 BINARIES = ("slurmctld", "slurmd", "srun", "sbatch", "squeue", "scontrol", "scancel", "munged")
