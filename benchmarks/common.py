@@ -39,9 +39,8 @@ def start_standin(log: Path, **faults: str) -> tuple[subprocess.Popen, int]:
                                 stdin=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 30
     while True:
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
-                break
+        with contextlib.suppress(OSError), urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
+            break
         if proc.poll() is not None or time.monotonic() > deadline:
             stop_group(proc)
             raise RuntimeError(f"stand-in did not start; see {log}")

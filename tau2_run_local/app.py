@@ -8,9 +8,10 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .checks import check_inputs
 from .dry_run import describe_plan

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from .app import evaluate_checkpoint, install_signal_handlers
 from .compare import compare_outputs

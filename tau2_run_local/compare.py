@@ -4,9 +4,10 @@ and flipped tasks; compare.md, compare.html and compare.json.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .errors import UsageError
 from .pages import esc, html_page, svg_plot
@@ -115,7 +116,7 @@ def compare_folders(folders: Sequence[OutputFolder]) -> dict[str, Any]:
     table: dict[str, Any] = {"folders": [str(f.path) for f in folders], "metrics": metrics, "scopes": scopes,
                              "resamples": BOOTSTRAP_RESAMPLES, "scores": [], "differences": [], "flipped": []}
     base = [task_scores(per_scope(rewards[0], pooled[0], s), m) for s in scopes for m in metrics]
-    for i, (r, p) in enumerate(zip(rewards, pooled)):
+    for i, (r, p) in enumerate(zip(rewards, pooled, strict=True)):
         scores, diffs, cell = {}, {}, 0
         for scope in scopes:
             for metric in metrics:
@@ -150,7 +151,7 @@ def compare_markdown(table: dict[str, Any]) -> str:
     for metric in table["metrics"]:
         head = ["folder", *table["scopes"]]
         lines += [f"## {metric}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for name, scores in zip(names, table["scores"]):
+        for name, scores in zip(names, table["scores"], strict=True):
             lines.append("| " + " | ".join([f"`{name}`", *[ci_text(scores[f"{s}:{metric}"]) for s in table["scopes"]]]) + " |")
         lines.append("")
     if len(names) > 1:
@@ -158,13 +159,13 @@ def compare_markdown(table: dict[str, Any]) -> str:
             head = ["folder", *table["scopes"]]
             lines += [f"## {metric}: difference against `{names[0]}` (paired, tasks both ran)", "",
                       "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-            for name, diffs in zip(names[1:], table["differences"][1:]):
+            for name, diffs in zip(names[1:], table["differences"][1:], strict=True):
                 cells = [f"{ci_text(diffs[f'{s}:{metric}'], signed=True)} (n={diffs[f'{s}:{metric}']['tasks']})"
                          for s in table["scopes"]]
                 lines.append("| " + " | ".join([f"`{name}`", *cells]) + " |")
             lines.append("")
         lines += ["## Tasks that flipped", ""]
-        for name, flips in zip(names[1:], table["flipped"][1:]):
+        for name, flips in zip(names[1:], table["flipped"][1:], strict=True):
             for kind, tasks in flips.items():
                 lines.append(f"- `{name}` {kind} ({len(tasks)}): " + (", ".join(tasks) or "none"))
     return "\n".join(lines) + "\n"
@@ -177,11 +178,11 @@ def compare_plot(table: dict[str, Any]) -> str:
         scopes, width = table["scopes"], 0.8 / len(table["folders"])
         short = [Path(name).name or name for name in table["folders"]]
         labels = short if len(set(short)) == len(short) else table["folders"]
-        for i, (name, scores) in enumerate(zip(labels, table["scores"])):
+        for i, (name, scores) in enumerate(zip(labels, table["scores"], strict=True)):
             ests = [scores[f"{s}:reward"] for s in scopes]
             means = [e["mean"] or 0.0 for e in ests]
-            errs = [[m - (e["ci95"] or [m, m])[0] for m, e in zip(means, ests)],
-                    [(e["ci95"] or [m, m])[1] - m for m, e in zip(means, ests)]]
+            errs = [[m - (e["ci95"] or [m, m])[0] for m, e in zip(means, ests, strict=True)],
+                    [(e["ci95"] or [m, m])[1] - m for m, e in zip(means, ests, strict=True)]]
             ax.bar([x + i * width for x in range(len(scopes))], means, width, yerr=errs, capsize=3, label=name)
         ax.set_xticks([x + width * (len(table["folders"]) - 1) / 2 for x in range(len(scopes))], scopes)
         ax.set_ylim(0, 1.05)
@@ -207,14 +208,14 @@ def compare_html(table: dict[str, Any]) -> str:
         return f"<h2>{esc(title)}</h2><table><tr><th>folder</th>{head}</tr>{body}</table>"
 
     for metric in table["metrics"]:
-        parts.append(grid(metric, list(zip(names, table["scores"])), metric, False))
+        parts.append(grid(metric, list(zip(names, table["scores"], strict=True)), metric, False))
     for metric in table["metrics"] if len(names) > 1 else []:
         parts.append(grid(f"{metric}: difference against {names[0]} (paired, tasks both ran)",
-                          list(zip(names[1:], table["differences"][1:])), metric, True))
+                          list(zip(names[1:], table["differences"][1:], strict=True)), metric, True))
     if len(names) > 1:
         parts.append("<h2>Tasks that flipped</h2><ul>" + "".join(
             f"<li>{esc(name)} {esc(kind)} ({len(tasks)}): {esc(', '.join(tasks) or 'none')}</li>"
-            for name, flips in zip(names[1:], table["flipped"][1:]) for kind, tasks in flips.items()) + "</ul>")
+            for name, flips in zip(names[1:], table["flipped"][1:], strict=True) for kind, tasks in flips.items()) + "</ul>")
     return html_page("Checkpoints side by side", "\n".join(parts))
 
 
@@ -225,7 +226,7 @@ def print_comparison(console: Any, table: dict[str, Any]) -> None:
     out = Table(title="reward: 95% CI by bootstrap over tasks; paired difference against the first folder")
     for col in ("folder", "domain", "reward", "vs first", "tasks", "now solved", "now failed"):
         out.add_column(col, justify="left" if col in ("folder", "domain") else "right", no_wrap=True)
-    for i, (name, scores, diffs) in enumerate(zip(table["folders"], table["scores"], table["differences"])):
+    for i, (name, scores, diffs) in enumerate(zip(table["folders"], table["scores"], table["differences"], strict=True)):
         for scope in table["scopes"]:
             key = f"{scope}:reward"
             flips = [t for kind in ("now solved", "now failed") for t in [table["flipped"][i].get(kind)]]

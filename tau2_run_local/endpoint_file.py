@@ -4,8 +4,9 @@ every malformed entry reported as bad input, and the pools it lists.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .errors import UsageError
 from .plan import Plan, endpoint_url

@@ -7,8 +7,9 @@ import contextlib
 import math
 import threading
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from .concurrency import Concurrency, make_concurrency
 from .defaults import ROUTED

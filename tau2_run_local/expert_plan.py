@@ -4,8 +4,9 @@ in the endpoint file, which are APIs; their descriptions, prices and the policy 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .defaults import DEFAULT_POLICY_ADDENDUM
 from .errors import UsageError

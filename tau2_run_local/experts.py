@@ -3,8 +3,9 @@ expert it names, through that expert's pool and guard.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from .defaults import EXPERT_TOOL
 from .faults import CallGuard

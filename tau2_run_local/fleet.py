@@ -8,10 +8,10 @@ import contextlib
 import signal
 import subprocess
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Callable, Sequence
 
 from .errors import ServerFailed
 from .executors.base import Executor
@@ -143,7 +143,7 @@ class Fleet:
         """One readiness round over all starting servers, concurrently; fail fast on any death."""
         starting = [s for s in self.servers if s.state == "starting"]
         ready = self._checks.map(lambda s: serves(s.spec.url, s.spec.served_name, timeout=1.0), starting)
-        for server, is_ready in zip(starting, ready):
+        for server, is_ready in zip(starting, ready, strict=True):
             code = server.proc.poll()
             if code is not None:
                 if server.attempts == 1 and server.lost_memory_race():

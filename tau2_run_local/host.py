@@ -7,8 +7,8 @@ import contextlib
 import os
 import socket
 import subprocess
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 from .defaults import CPU_KV_CACHE_GIB
 from .endpoint_file import read_model_config

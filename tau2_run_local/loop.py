@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from typing import Callable
+from collections.abc import Callable
 
 from .endpoint_file import config_pools, write_model_config
 from .evaluation import Evaluation

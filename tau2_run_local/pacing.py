@@ -7,7 +7,7 @@ import contextlib
 import random
 import threading
 import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 BACKOFF_BASE_S, BACKOFF_CAP_S = 1.0, 30.0  # exponential backoff between retries of a failed call
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Sequence
+from collections.abc import Sequence
 
 from .defaults import SEED_SCRIPT_SERVERS
 from .errors import UsageError

@@ -4,9 +4,10 @@ and the Host record of what the machine showed. Plain data, safe to send to work
 from __future__ import annotations
 
 import shlex
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from .defaults import CPU_KV_CACHE_GIB, MAX_ERRORS
 

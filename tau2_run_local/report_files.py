@@ -7,7 +7,8 @@ import json
 import shlex
 import sys
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from . import __version__
 from .evaluation import Evaluation

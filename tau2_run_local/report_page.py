@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .pages import esc, fmt, html_page, reward_colour, svg_plot
 
@@ -117,7 +118,7 @@ def category_plot(summary: dict[str, Any], key: str) -> str:
         for cat in cats:
             values = [counts.get(cat, 0) for _, counts in rows]
             ax.barh([n for n, _ in rows], values, left=base, label=cat)
-            base = [b + v for b, v in zip(base, values)]
+            base = [b + v for b, v in zip(base, values, strict=True)]
         ax.set_xlabel("simulations" if key == "termination_reasons" else "simulations, or calls for retries")
         ax.set_title(key.replace("_", " "))
         ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))

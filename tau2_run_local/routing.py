@@ -4,7 +4,7 @@ conversation (its prefix cache stays there), moved only when that server fails.
 from __future__ import annotations
 
 import threading
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from .readiness import http_get_json
 

@@ -7,8 +7,9 @@ import contextlib
 import json
 import math
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from .evaluation import Evaluation
 from .plan import hosted

@@ -6,7 +6,7 @@ from __future__ import annotations
 import shlex
 import sys
 from collections import Counter
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 from .errors import UsageError
 from .placement import assign_lanes, kv_cache_bytes, memory_share, place_servers, slot_text, step_cpus
@@ -85,7 +85,7 @@ def build_servers(request: Request, pools: Sequence[PoolSettings], nodes: Sequen
     address = {n.name: n.address for n in nodes}
     host = request.host or ("0.0.0.0" if slurm else "127.0.0.1")
     specs: list[ServerSpec] = []
-    for (pool, node, gpus), lane in zip(placed, lanes):
+    for (pool, node, gpus), lane in zip(placed, lanes, strict=True):
         port = next(ports)
         sharers = max((load[(node, g)] for g in gpus), default=1)
         mem = memory_share(sharers, request.gpu_memory_utilization) if gpus else None

@@ -4,8 +4,8 @@ Request it becomes (Request.from_cli_args). Nothing below this module sees argpa
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Mapping, Sequence
 
 from . import __version__
 from .defaults import (

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-from typing import Sequence
+from collections.abc import Sequence
 
 from .errors import UsageError
 from .plan import Node
@@ -74,9 +74,7 @@ def choose_executor(request: Request, env: dict[str, str]) -> str:
             raise UsageError(f"--sbatch submits a job from a login node, but this runs inside SLURM job {job}; "
                              "drop --sbatch to run here")
         missing = [t for t in ("sbatch",) if not shutil.which(t, path=path)]
-    elif request.skip_server_start or request.executor == "local":
-        return "local"
-    elif request.executor == "auto" and not (job and shutil.which("srun", path=path)):
+    elif request.skip_server_start or request.executor == "local" or request.executor == "auto" and not (job and shutil.which("srun", path=path)):
         return "local"
     elif not job:
         raise UsageError("--executor slurm needs a SLURM allocation (SLURM_JOB_ID is not set): run it inside "

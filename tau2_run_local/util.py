@@ -8,10 +8,10 @@ import os
 import shlex
 import sys
 import tempfile
-from datetime import datetime, timezone
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Iterable, Sequence
 
 SECRET_ENV_SUFFIXES = ("_API_KEY", "_TOKEN", "_SECRET")
 
@@ -56,13 +56,13 @@ def secret_values(env: dict[str, str], argv: Sequence[str] = ()) -> tuple[str, .
     """Values that must never reach an output or a log: API keys and tokens from the environment, and
     the value of any --api-key/--token flag on the command line (also inside --vllm-arg)."""
     words = command_words(argv)
-    flagged = [value for flag, value in zip(words, words[1:]) if is_secret_flag(flag)]
+    flagged = [value for flag, value in zip(words, words[1:], strict=False) if is_secret_flag(flag)]
     from_env = [v for k, v in env.items() if k.endswith(SECRET_ENV_SUFFIXES) and len(v) >= 8]
     return tuple(sorted({*from_env, *flagged}, key=len, reverse=True))  # longest first: no partial redaction
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).astimezone().isoformat(timespec="milliseconds")
+    return datetime.now(UTC).astimezone().isoformat(timespec="milliseconds")
 
 
 def package_version(*names: str) -> str | None:

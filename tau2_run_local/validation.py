@@ -4,7 +4,8 @@ NAME=VALUE options): each failure is bad input, one line.
 from __future__ import annotations
 
 import json
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from .defaults import DEFAULT_LLM_ARGS, KNOWN_DOMAINS
 from .errors import UsageError

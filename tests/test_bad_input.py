@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from conftest import free_port, run_launcher
 
 KEY = {"OPENAI_API_KEY": "sk-test-not-a-real-key"}

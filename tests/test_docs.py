@@ -4,8 +4,8 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import ROOT
 
+from conftest import ROOT
 from tau2_run_local.settings import build_parser
 
 GUIDES = ("README.md", "README.zh-CN.md")

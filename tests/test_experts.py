@@ -9,6 +9,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
 from conftest import STANDIN, run_launcher
 
 sys.path.insert(0, str(STANDIN))

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from conftest import STANDIN, free_port, run_launcher
 
 sys.path.insert(0, str(STANDIN))

@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
 from conftest import LAUNCHER, ROOT, STANDIN, cpu_plan, free_port, launcher_args, run_launcher, standin_env
 
 sys.path.insert(0, str(STANDIN))

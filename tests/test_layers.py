@@ -13,9 +13,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from conftest import ROOT, cpu_plan
-
 import tau2_run_local
+from conftest import ROOT, cpu_plan
 from tau2_run_local.plan import Plan
 from tau2_run_local.results import Job, NotScored, Outcome
 

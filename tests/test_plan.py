@@ -4,8 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
 
+from conftest import ROOT
 from tau2_run_local.checks import needed_api_key
 from tau2_run_local.endpoint_file import config_pools, read_model_config, write_model_config
 from tau2_run_local.errors import UsageError

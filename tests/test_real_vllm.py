@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 from conftest import LAUNCHER, ROOT, TINY_MODEL, run_launcher
-
 from tau2_run_local.endpoint_file import read_model_config
 from tau2_run_local.executors.base import group_members
 from tau2_run_local.fleet import STOP_GRACE_S

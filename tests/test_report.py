@@ -14,8 +14,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import LAUNCHER, ROOT, STANDIN, run_launcher
 
+from conftest import LAUNCHER, ROOT, STANDIN, run_launcher
 from tau2_run_local.compare import bootstrap_ci, compare_folders, incomparable, read_output_folder
 from tau2_run_local.report_files import write_html_report
 from tau2_run_local.results import DomainRun

@@ -12,10 +12,11 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
+
 from conftest import LAUNCHER, ROOT, launcher_args, run_launcher, standin_env
 
 sys.path.insert(0, str(ROOT / "tests" / "slurm"))

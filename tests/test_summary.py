@@ -4,8 +4,8 @@ from __future__ import annotations
 import random
 
 import pytest
-from conftest import cpu_plan
 
+from conftest import cpu_plan
 from tau2_run_local.evaluation import Evaluation
 from tau2_run_local.report_files import summary_markdown
 from tau2_run_local.results import DomainRun

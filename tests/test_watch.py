@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 from conftest import LAUNCHER, ROOT, STANDIN, run_launcher
-
 from tau2_run_local.watch import checkpoint_state, find_checkpoints
 
 

@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+
 from conftest import LAUNCHER, ROOT, STANDIN
 
 sys.path.insert(0, str(STANDIN))

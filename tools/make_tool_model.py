@@ -216,8 +216,8 @@ def build_tokenizer(reader, out_dir: Path) -> dict:
         raise SystemExit("expected Qwen2's byte-level BPE tokenizer (gpt2 model, qwen2 pre-tokenizer)")
     tokens, kinds, _ = tokenizer_tokens(reader)
     merges = [tuple(m.split(" ", 1)) for m in tiny.field(reader, "tokenizer.ggml.merges")]
-    regular = {tok: i for i, (tok, kind) in enumerate(zip(tokens, kinds)) if kind == 1}
-    added = [(i, tok, kind == CONTROL) for i, (tok, kind) in enumerate(zip(tokens, kinds))
+    regular = {tok: i for i, (tok, kind) in enumerate(zip(tokens, kinds, strict=True)) if kind == 1}
+    added = [(i, tok, kind == CONTROL) for i, (tok, kind) in enumerate(zip(tokens, kinds, strict=True))
              if kind in (CONTROL, USER_DEFINED)]
     tok = Tokenizer(models.BPE(vocab=regular, merges=merges, fuse_unk=False, byte_fallback=False))
     tok.normalizer = normalizers.NFC()

@@ -27,7 +27,7 @@ import signal
 import sys
 import tempfile
 import urllib.request
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -101,7 +101,7 @@ def main() -> None:
         print(f"{name:8} {r['wall_s']:6.1f}s {r['user_calls_answered']:9} {r['user_calls_refused_429']:5} "
               f"{r['user_calls_failed_500']:5} {r['simulations_scored']:4}/{r['simulations_expected']:<2} "
               f"{str(r['rewards_as_known']):>6} {r['retried_calls']:8}")
-    doc = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "tasks": tasks,
+    doc = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "tasks": tasks,
            "user_api_faults": USER_API_FAULTS, "settings": SETTINGS, "results": results,
            "launcher": launcher_version(), "machine": machine()}
     (HERE / ("results-quick.json" if args.quick else "results.json")).write_text(json.dumps(doc, indent=2) + "\n")

@@ -34,7 +34,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,7 +82,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench_parallel_"))
     env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
     env.pop("PYTHONPATH", None)
-    started = datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
+    started = datetime.now(UTC).astimezone().isoformat(timespec="seconds")
     version_at_start = launcher_version()
 
     def on_signal(signum: int, _frame: object) -> None:

@@ -53,7 +53,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -339,7 +339,7 @@ def measure_seed(flags: list[str], env: dict[str, str], work: Path, stagger: flo
                                         stdin=subprocess.DEVNULL, cwd=ROOT, start_new_session=True)
             register(proc.pid)
             procs.append(proc)
-        for proc, port in zip(procs, ports):  # one waited on after another
+        for proc, port in zip(procs, ports, strict=True):  # one waited on after another
             while not health_ok(port):
                 if proc.poll() is not None:
                     raise RuntimeError(f"seed replica: server on port {port} exited with {proc.returncode}; "
@@ -472,7 +472,7 @@ def main() -> int:
     own_ports: set[int] = set(range(21000, 22000))  # every block this script hands out lies here
     watch = ForeignWatch(own_ports)
     watch.start()
-    started = datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
+    started = datetime.now(UTC).astimezone().isoformat(timespec="seconds")
     version_at_start = launcher_version()
     began = time.monotonic()
     scenarios = standin_scenarios(work, opts.quick)

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import subprocess
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ..plan import ServerSpec
 from .base import group_members, kill_groups, start_process

@@ -5,7 +5,8 @@ import contextlib
 import signal
 import subprocess
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from ..plan import ServerSpec
 from .base import kill_groups, start_process

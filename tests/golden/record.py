@@ -240,7 +240,7 @@ def record(out: Path) -> None:
                      **{f"dry_{k}": [*v, "--dry-run"] for k, v in DRY_RUNS.items()},
                      **{f"bad_{k}": v for k, v in BAD_INPUT.items()}}
             with ThreadPoolExecutor(4) as pool:
-                texts = dict(zip(cases, pool.map(lambda a: launch(a, work, port), cases.values())))
+                texts = dict(zip(cases, pool.map(lambda a: launch(a, work, port), cases.values()), strict=True))
         finally:
             os.killpg(standin.pid, signal.SIGKILL)
             standin.wait()

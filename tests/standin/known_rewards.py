@@ -74,7 +74,7 @@ _ss = _load_standin_server()
 _ENV_OF = {"mock": "mock", "retail": "retail", "airline": "airline", "telecom": "telecom"}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _env_constructor(domain: str):
     mod = importlib.import_module(f"tau2.domains.{_ENV_OF[domain]}.environment")
     if domain == "telecom":
