@@ -78,11 +78,17 @@ def port_is_free(host: str, port: int) -> bool:
 
 
 def free_ports(host: str) -> Iterator[int]:
-    """Ports the kernel says are free now, for --start-port auto."""
+    """Ports the kernel says are free now, for --start-port auto, each once. The probe socket is closed
+    before a port is handed out: the plan (and the Host that holds this iterator) outlive the planning,
+    and a port still bound here would be "in use" for the check and the server."""
+    given: set[int] = set()
     while True:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.bind((host, 0))
-            yield sock.getsockname()[1]
+            port = sock.getsockname()[1]
+        if port not in given:
+            given.add(port)
+            yield port
 
 
 def check_ports(servers: Sequence[ServerSpec]) -> None:
