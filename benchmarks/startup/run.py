@@ -69,7 +69,7 @@ from tau2_run_local.host import port_is_free
 STANDIN = ROOT / "tests" / "standin"
 TINY_MODEL = ROOT / "models" / "smollm2-135m"
 # Another engineer's real-vLLM runs on this checkout's models (the brief's pgrep pattern).
-OTHER_VLLM = f"vllm.entrypoints.openai.api_server --model {ROOT}/models"
+OTHER_VLLM = f"vllm.entrypoints.cli.main serve {ROOT}/models"
 TINY_EVAL = ["--domains", "mock", "--num-tasks", "1", "--max-steps", "4", "--max-concurrency", "1"]
 SEED_POLL_S = 1.0  # the seed replica's /health poll interval (a coarser poll only makes it slower)
 
@@ -185,7 +185,7 @@ def other_vllm(own_ports: set[int]) -> list[str]:
             continue
         rss_kb = int(next((line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")), 0))
         pattern = re.search(OTHER_VLLM, cmd)
-        vllm = "vllm.entrypoints.openai.api_server" in cmd or cmd.startswith("VLLM::")
+        vllm = "vllm.entrypoints." in cmd or cmd.startswith("VLLM::")
         if not (pattern or (vllm and rss_kb >= 200_000)):
             continue
         port = re.search(r"--port (\d+)", leader)
