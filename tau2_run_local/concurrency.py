@@ -23,7 +23,7 @@ KV_CACHE_ROOM = 0.75  # below it, with no request waiting, the servers can take 
 class Concurrency:
     """How many simulations are in flight. Fixed with --max-concurrency. Otherwise it starts at 16 per
     agent server and follows vLLM's /metrics on the servers the simulations use: it grows by half while
-    every slot is taken, no request waits and the KV cache has room, and shrinks by a quarter when
+    every slot was taken during the last reading period, no request waits and the KV cache has room, and shrinks by a quarter when
     requests queue (two readings in a row) or the KV cache is nearly full, so the GPUs stay busy without
     preemption. Servers without vLLM's metrics (hosted APIs) leave it where it starts."""
 
@@ -36,16 +36,23 @@ class Concurrency:
     readings: list[dict[str, float]] = field(default_factory=list)  # per reading: t, target, running, waiting, kv
     _next: float = 0.0
     _queued: int = 0
+    _period_peak: int = 0  # the most in flight since the last reading
     _t0: float = field(default_factory=time.monotonic)
 
     @property
     def adaptive(self) -> bool:
         return bool(self.gauges)
 
+    def observe(self) -> None:
+        """Note the simulations in flight now (right after new ones started): whether every slot was
+        taken is judged over the whole period, since with fast calls one is always just finishing."""
+        self.peak = max(self.peak, self.in_flight)
+        self._period_peak = max(self._period_peak, self.in_flight)
+
     def steer(self, backlog: bool) -> None:
         """One look at the servers, at most every `period` seconds. backlog: simulations wait for a slot."""
         now = time.monotonic()
-        self.peak = max(self.peak, self.in_flight)
+        self.observe()
         if not self.gauges or now < self._next:
             return
         self._next = now + self.period
@@ -57,8 +64,9 @@ class Concurrency:
         floor = min(len(self.gauges), self.ceiling)
         if kv >= KV_CACHE_FULL or self._queued >= 2:
             self.target = max(floor, self.target - max(1, self.target // 4))
-        elif backlog and waiting == 0 and kv < KV_CACHE_ROOM and self.in_flight >= self.target:
+        elif backlog and waiting == 0 and kv < KV_CACHE_ROOM and self._period_peak >= self.target:
             self.target = min(self.ceiling, self.target + max(1, self.target // 2))
+        self._period_peak = self.in_flight
         self.readings.append({"t": round(now - self._t0, 1), "in_flight": self.in_flight, "waiting": waiting,
                               "running": sum(g["running"] for g in seen), "kv": kv, "target": self.target})
 

@@ -34,6 +34,7 @@ def evaluate(ev: Evaluation, batches: list[list[Job]], sims: Simulators, fleet: 
                     sims.submit(job)
                     running[job.domain] += 1
                     conc.in_flight += 1
+                conc.observe()
                 for outcome in sims.collect(timeout=0.5):
                     job, run = outcome.job, ev.runs[outcome.job.domain]
                     running[job.domain] -= 1

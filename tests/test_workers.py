@@ -160,6 +160,23 @@ def test_concurrency_grows_while_the_server_has_room_and_shrinks_when_it_queues(
     assert [r["target"] for r in conc.readings][-3:] == [75, 57, 57]  # each reading with the target it led to
 
 
+def test_concurrency_judges_full_slots_over_the_whole_reading_period(gauges):
+    """With fast calls one simulation is always just finishing when the servers are read: every slot
+    taken right after each start counts, though the reading itself sees one free."""
+    root, state = gauges
+    conc = Concurrency(24, 164, (root,), period=0.0)
+    for _ in range(3):
+        conc.in_flight = conc.target  # the loop filled every slot ...
+        conc.observe()
+        conc.in_flight -= 1  # ... and one finished just before the look
+        conc.steer(backlog=True)
+    assert [r["target"] for r in conc.readings] == [36, 54, 81] and conc.peak == 54
+    conc.in_flight = 40  # slots left free for a whole period: the client is the limit, hold
+    conc.observe()
+    conc.steer(backlog=True)
+    assert conc.target == 81
+
+
 def test_concurrency_is_fixed_with_max_concurrency_or_without_gauges(gauges):
     root, _ = gauges
     fixed = make_concurrency(build_plan(parse_request(
