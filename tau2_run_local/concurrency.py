@@ -23,9 +23,9 @@ KV_CACHE_ROOM = 0.75  # below it, with no request waiting, the servers can take 
 class Concurrency:
     """How many simulations are in flight. Fixed with --max-concurrency. Otherwise it starts at 16 per
     agent server and follows vLLM's /metrics on the servers the simulations use: it grows by half while
-    every slot was taken during the last reading period, no request waits and the KV cache has room, and shrinks by a quarter when
-    requests queue (two readings in a row) or the KV cache is nearly full, so the GPUs stay busy without
-    preemption. Servers without vLLM's metrics (hosted APIs) leave it where it starts."""
+    every slot was taken during the last reading period, no request waits and the KV cache has room, and
+    shrinks by a quarter when requests queue (two readings in a row) or the KV cache is nearly full, so
+    the GPUs stay busy without preemption. Servers without vLLM's metrics (hosted APIs) leave it where it starts."""
 
     target: int
     ceiling: int
