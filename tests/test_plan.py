@@ -9,7 +9,7 @@ from conftest import ROOT
 from tau2_run_local.checks import needed_api_key
 from tau2_run_local.endpoint_file import config_pools, read_model_config, write_model_config
 from tau2_run_local.errors import UsageError
-from tau2_run_local.host import model_weight_bytes
+from tau2_run_local.host import cpu_has_native_bf16, model_weight_bytes
 from tau2_run_local.placement import KV_HEADROOM_BYTES, assign_lanes, kv_cache_bytes
 from tau2_run_local.plan import Host, Plan, this_machine
 from tau2_run_local.planner import build_plan
@@ -143,6 +143,22 @@ def test_gpu_servers_get_api_servers_from_their_share_of_the_cpus():
     assert mine.count("--api-server-count=3") == 1 and "--api-server-count" not in mine
     old = plan_on(16, "--num-servers", "1", cli=False).servers[0].argv
     assert old[1:5] == ("-m", "vllm.entrypoints.openai.api_server", "--model", "/ckpt") and count_of(old) == 0
+
+
+def test_cpu_servers_serve_in_float32_where_the_cpu_has_no_native_bf16(tmp_path: Path):
+    def cpu(*argv: str, bf16: bool) -> Plan:
+        return build_plan(parse(*argv), Host(this_machine(()), iter(range(1900, 2000)), "/cache", cpu_bf16=bf16))
+
+    slow = cpu(bf16=False)
+    assert slow.servers[0].argv[-2:] == ("--dtype", "float32") and "float32" in slow.notes[0]
+    assert "--dtype" not in cpu(bf16=True).servers[0].argv and not cpu(bf16=True).notes
+    mine = cpu("--vllm-arg=--dtype=bfloat16", bf16=False)
+    assert "--dtype" not in mine.servers[0].argv and not mine.notes  # the user's choice wins
+    gpu = build_plan(parse(), Host(this_machine(("0",)), iter(range(1900, 2000)), "/cache", cpu_bf16=False))
+    assert "--dtype" not in gpu.servers[0].argv  # on a GPU the model's own dtype
+    (tmp_path / "avx2").write_text("flags : fpu sse avx avx2 fma\n")
+    (tmp_path / "spr").write_text("flags : fpu avx2 avx512f avx512_bf16 amx_bf16\n")
+    assert not cpu_has_native_bf16(tmp_path / "avx2") and cpu_has_native_bf16(tmp_path / "spr")
 
 
 def count_of(argv: tuple[str, ...]) -> int:
