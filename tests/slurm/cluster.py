@@ -80,14 +80,18 @@ def layout(folder: Path) -> Layout:
     return Layout()
 
 
-def install_packages() -> None:
-    """apt-get the Debian packages unless every binary is already there (idempotent, ~15 s once)."""
-    if all(shutil.which(b) or Path(f"/usr/sbin/{b}").exists() for b in BINARIES):
+def install_packages(hosts: str = "same") -> None:
+    """apt-get the Debian packages unless every binary is already there (idempotent, ~15 s once); separate
+    hosts also need `ip` (iproute2; `nsenter` is util-linux, always there on Debian)."""
+    separate = hosts == "separate"
+    binaries = (*BINARIES, *(("ip", "nsenter") if separate else ()))
+    if all(shutil.which(b) or Path(f"/usr/sbin/{b}").exists() for b in binaries):
         return
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     lock = ["-o", "DPkg::Lock::Timeout=300"]  # another apt-get may be running (waits instead of failing)
     subprocess.run(["apt-get", *lock, "update", "-qq"], check=True, env=env, stdout=subprocess.DEVNULL)
-    subprocess.run(["apt-get", *lock, "install", "-y", "-qq", "--no-install-recommends", *PACKAGES],
+    subprocess.run(["apt-get", *lock, "install", "-y", "-qq", "--no-install-recommends", *PACKAGES,
+                    *(("iproute2", "util-linux") if separate else ())],
                    check=True, env=env, stdout=subprocess.DEVNULL)
 
 
@@ -160,7 +164,9 @@ def node_address(index: int) -> str:
 def ip(*argv: str) -> None:
     done = subprocess.run(["ip", *argv], capture_output=True, text=True)
     if done.returncode != 0:
-        raise RuntimeError(f"ip {' '.join(argv)}: {done.stderr.strip()}")
+        hint = (" (network namespaces need root with CAP_SYS_ADMIN and CAP_NET_ADMIN; in a container, "
+                "e.g. docker run --privileged)" if "not permitted" in done.stderr else "")
+        raise RuntimeError(f"ip {' '.join(argv)}: {done.stderr.strip()}{hint}")
 
 
 def make_network(folder: Path, names: list[str]) -> Layout:
@@ -257,7 +263,7 @@ def start(folder: Path, nodes: int = 4, gpus: int = 4, cpus: int = 8, hosts: str
     failed start undoes itself."""
     if hosts not in HOSTS:
         raise ValueError(f"hosts must be one of {HOSTS}, not {hosts!r}")
-    install_packages()
+    install_packages(hosts)
     folder.mkdir(parents=True, exist_ok=True)
     names = node_names(nodes)
     try:
