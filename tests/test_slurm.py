@@ -1,7 +1,12 @@
 """The SLURM executor against a real SLURM cluster emulated on this machine (tests/slurm/cluster.py:
 slurmctld, one slurmd per node, fake GPUs handed to job steps as CUDA_VISIBLE_DEVICES). The stand-in
-server plays vLLM. Every node of the emulated cluster has the same address, so servers on different
-nodes get different ports (on a real cluster they need not)."""
+server plays vLLM.
+
+The cluster fixture `slurm` has two layouts (its parameter): "same", where every node is this host at
+127.0.0.1 (fast; servers on different nodes get different ports), and "separate", where every node is a
+host of its own, a network namespace with its own address; there the launcher runs on the allocation's
+first node, as in a batch script, and reaches the servers of the other nodes over the (emulated) network.
+Tests marked ON_BOTH run in both layouts."""
 from __future__ import annotations
 
 import contextlib
@@ -25,16 +30,34 @@ import cluster  # noqa: E402
 STOP_LIMIT_S = 15
 
 
-@pytest.fixture(scope="session")
-def slurm(tmp_path_factory) -> Iterator[dict[str, str]]:
-    """A 2-node cluster of 4 fake GPUs and 8 CPUs per node; every daemon stopped at the end."""
-    folder = tmp_path_factory.mktemp("slurm")
-    env = cluster.start(folder, nodes=2, gpus=4, cpus=8)
+class Slurm(dict):
+    """The environment SLURM's clients need here (what tests pass as env=), and where the nodes are."""
+
+    def __init__(self, env: dict[str, str], layout: cluster.Layout):
+        super().__init__(env)
+        self.layout = layout
+        self.hosts = layout.hosts
+        self.address = layout.addresses  # node -> its address (NodeAddr)
+
+    def on(self, node: str) -> list[str]:
+        """The prefix that runs a command on that node ([] when every node is this host)."""
+        return self.layout.on(node)
+
+
+@pytest.fixture(scope="session", params=["same"])
+def slurm(request, tmp_path_factory) -> Iterator[Slurm]:
+    """A 2-node cluster of 4 fake GPUs and 8 CPUs per node, laid out as the parameter says (cluster.HOSTS);
+    every daemon stopped, and the network namespaces and bridge of separate hosts removed, at the end."""
+    folder = tmp_path_factory.mktemp(f"slurm-{request.param}")
+    env = cluster.start(folder, nodes=2, gpus=4, cpus=8, hosts=request.param)
     try:
-        yield {**os.environ, **env}
+        yield Slurm({**os.environ, **env}, cluster.layout(folder))
     finally:
         subprocess.run(["scancel", "--user=root"], env={**os.environ, **env}, capture_output=True)
         cluster.stop(folder)
+
+
+ON_BOTH = pytest.mark.parametrize("slurm", cluster.HOSTS, indirect=True)  # same host, then separate hosts
 
 
 @contextlib.contextmanager
@@ -50,6 +73,33 @@ def allocation(slurm: dict[str, str], nodes: int = 2, gpus: int = 4) -> Iterator
         yield {"SLURM_CONF": slurm["SLURM_CONF"], "SLURM_JOB_ID": job, "SLURM_JOB_NODELIST": nodelist}
     finally:
         subprocess.run(["scancel", job], env=slurm, capture_output=True)
+
+
+def first_node(alloc: dict[str, str]) -> str:
+    """The allocation's first node: where sbatch runs the batch script, so where the launcher runs."""
+    return subprocess.run(["scontrol", "show", "hostnames", alloc["SLURM_JOB_NODELIST"]], capture_output=True,
+                          text=True, env={**os.environ, **alloc}, check=True).stdout.split()[0]
+
+
+def launcher_on(slurm: Slurm, alloc: dict[str, str]) -> list[str]:
+    """`python run_local.py` on the allocation's first node (on separate hosts: in its namespace)."""
+    return [*slurm.on(first_node(alloc)), sys.executable, str(LAUNCHER)]
+
+
+def run_launcher_on(slurm: Slurm, alloc: dict[str, str], args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    """conftest's run_launcher, on the allocation's first node."""
+    return subprocess.run([*launcher_on(slurm, alloc), *args], capture_output=True, text=True,
+                          env={**os.environ, **env}, cwd=ROOT, timeout=600)
+
+
+FETCH = "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())"
+
+
+def get_json_on(slurm: Slurm, node: str, url: str) -> dict | None:
+    """GET url from that node (its namespace on separate hosts); None when nothing answers there."""
+    done = subprocess.run([*slurm.on(node), sys.executable, "-c", FETCH, url], capture_output=True, text=True,
+                          timeout=30)
+    return json.loads(done.stdout) if done.returncode == 0 else None
 
 
 def our_steps(env: dict[str, str]) -> list[str]:
@@ -71,6 +121,29 @@ def processes_of(tmp: Path) -> list[str]:
             continue
         if str(tmp) in cmd and state != "Z":
             found.append(f"{entry.name} {cmd}")
+    return found
+
+
+def node_of(slurm: Slurm, pid: int) -> str | None:
+    """The node whose network namespace the process is in; None for this host's own (or a process gone)."""
+    with contextlib.suppress(OSError):
+        net = os.stat(f"/proc/{pid}/ns/net")
+        return next((node for node, ns in slurm.layout.netns.items()
+                     if os.stat(f"/run/netns/{ns}")[:2] == net[:2]), None)  # (inode, device) of the namespace
+    return None
+
+
+def where_they_run(slurm: Slurm, tmp: Path) -> dict[str, set[str | None]]:
+    """'launcher', each server's port and 'srun PORT' (the srun client that started it) -> the nodes their
+    live processes are on (see node_of)."""
+    found: dict[str, set[str | None]] = {}
+    for line in processes_of(tmp):
+        pid, cmd = line.split(" ", 1)
+        port = re.search(r"api_server .*--port (\d+)", cmd)
+        key = (("srun " if cmd.startswith("srun ") else "") + port.group(1) if port
+               else "launcher" if "run_local.py" in cmd else None)
+        if key:
+            found.setdefault(key, set()).add(node_of(slurm, int(pid)))
     return found
 
 
@@ -101,19 +174,23 @@ def load_results(path: Path):
 # ----------------------------------------------------------------------------------------------
 
 
+@ON_BOTH
 def test_two_nodes_agents_on_both_and_a_user_pool_of_tensor_parallel_2(tmp_path: Path, slurm):
-    """3 GPUs a node: agents on n1's three and n2's first, the user server (TP 2) on n2's last two."""
+    """3 GPUs a node: agents on n1's three and n2's first, the user server (TP 2) on n2's last two.
+    On separate hosts the launcher runs on n1 and reaches n2's servers at n2's address."""
+    address = slurm.address
     with allocation(slurm, nodes=2, gpus=3) as alloc:
         port = cluster.free_port_block(5)
         args = launcher_args(tmp_path, "--domains", "mock", "--num-servers", "4", "--start-port", str(port),
                              "--user-model", str(tmp_path / "ckpt"), "--user-tensor-parallel-size", "2",
                              "--max-concurrency", "4")
-        dry = run_launcher([*args, "--dry-run"], env={**alloc, **standin_env()})
+        dry = run_launcher_on(slurm, alloc, [*args, "--dry-run"], env={**alloc, **standin_env()})
         assert dry.returncode == 0, dry.stderr
-        assert "node n1 (clients reach it at 127.0.0.1)" in dry.stdout and "node n2" in dry.stdout
+        assert f"node n1 (clients reach it at {address['n1']})" in dry.stdout
+        assert f"node n2 (clients reach it at {address['n2']})" in dry.stdout
         assert f"srun --nodes=1 --ntasks=1 --nodelist=n2 --exact --cpus-per-task=4 --mem=0 --gres=gpu:2 " \
                f"--job-name=run_local_{port + 4}" in dry.stdout
-        result = run_launcher(args, env={**alloc, **standin_env(spawn_child="1")})
+        result = run_launcher_on(slurm, alloc, args, env={**alloc, **standin_env(spawn_child="1")})
         assert result.returncode == 0, result.stderr
         assert_nothing_left(slurm, tmp_path)
     seen = {port: starts[0] for port, starts in placements(tmp_path / "logs").items()}
@@ -126,21 +203,27 @@ def test_two_nodes_agents_on_both_and_a_user_pool_of_tensor_parallel_2(tmp_path:
     config = json.loads((tmp_path / "model_config_local.json").read_text())
     assert [e["port"] for e in config["standin"]] == [str(p) for p in range(port, port + 4)]
     assert [e["port"] for e in config[str(tmp_path / "ckpt")]] == [str(port + 4)]  # the user pool
-    assert all(e["ip_addr"] == "127.0.0.1" for e in config["standin"])  # the node's address
+    # each server at its own node's address (on separate hosts: n1's and n2's namespaces)
+    listed = {int(e["port"]): e["ip_addr"] for pool in ("standin", str(tmp_path / "ckpt")) for e in config[pool]}
+    assert listed == {p: address[nodes[p]] for p in nodes}
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["domains"]["mock"]["simulations"] == 9
-    assert sum(1 for n in summary["agent_conversations_per_server"].values() if n) == 4  # all served
+    served = summary["agent_conversations_per_server"]
+    assert sum(1 for n in served.values() if n) == 4  # all served, n2's agent too (reached from n1)
+    assert served[f"http://{address['n2']}:{port + 3}/v1"] > 0
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["executor"] == "slurm" and [s["node"] for s in manifest["servers"]] == ["n1"] * 3 + ["n2"] * 2
+    assert manifest["endpoints"]["user"] == [f"http://{address['n2']}:{port + 4}/v1"]
 
 
+@ON_BOTH
 def test_a_step_that_dies_is_routed_around_and_restarted(tmp_path: Path, slurm):
     with allocation(slurm) as alloc:
         port = cluster.free_port_block(2)
         args = launcher_args(tmp_path, "--domains", "mock", "--num-trials", "2", "--num-servers", "2",
                              "--gpu-ids", "n1:0,n2:0", "--start-port", str(port), "--max-concurrency", "2",
                              "--restart-dead-servers")
-        result = run_launcher(args, env={**alloc, **standin_env(crash_after="4", fault_ports=str(port),
+        result = run_launcher_on(slurm, alloc, args, env={**alloc, **standin_env(crash_after="4", fault_ports=str(port),
                                                                  token_delay="0.01")})
         assert result.returncode == 0, result.stderr
         assert_nothing_left(slurm, tmp_path)
@@ -151,13 +234,19 @@ def test_a_step_that_dies_is_routed_around_and_restarted(tmp_path: Path, slurm):
     assert len(keys) == len(set(keys)) == 18
     steps = [start["SLURM_STEP_ID"] for starts in placements(tmp_path / "logs").values() for start in starts]
     assert len(steps) == len(set(steps)) >= 3  # every restart is a job step of its own
+    at_own_node = [{"ip_addr": slurm.address["n1"], "port": str(port)}, {"ip_addr": slurm.address["n2"], "port": str(port + 1)}]
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["endpoints"]["agent"] == [f"http://{e['ip_addr']}:{e['port']}/v1" for e in at_own_node]
+    listed = json.loads((tmp_path / "model_config_local.json").read_text())["standin"]  # the live ones at the end
+    assert listed and all(e in at_own_node for e in listed), listed
 
 
+@ON_BOTH
 def test_ctrl_c_leaves_no_step_and_no_process(tmp_path: Path, slurm):
     with allocation(slurm) as alloc:
         args = launcher_args(tmp_path, "--domains", "mock", "--num-servers", "4", "--gpu-ids", "0,1",
                              "--start-port", "auto", "--max-concurrency", "2")
-        proc = subprocess.Popen([sys.executable, str(LAUNCHER), *args], cwd=ROOT, text=True,
+        proc = subprocess.Popen([*launcher_on(slurm, alloc), *args], cwd=ROOT, text=True,
                                 env={**os.environ, **alloc, **standin_env(spawn_child="1", token_delay="0.05")},
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         results = tmp_path / "out" / "mock.json"
@@ -166,6 +255,20 @@ def test_ctrl_c_leaves_no_step_and_no_process(tmp_path: Path, slurm):
             assert time.monotonic() < deadline and proc.poll() is None, "no simulation finished"
             time.sleep(0.2)
         assert len(our_steps(slurm)) == 4
+        # every server is reached, from the first node, at the address the endpoint file gives: its own node's
+        config = json.loads((tmp_path / "model_config_local.json").read_text())
+        entries = [(e["ip_addr"], int(e["port"])) for e in config["standin"]]
+        assert sorted(a for a, _ in entries) == sorted([slurm.address["n1"]] * 2 + [slurm.address["n2"]] * 2)
+        for host, port in entries:
+            stats = get_json_on(slurm, "n1", f"http://{host}:{port}/stats")
+            assert stats is not None and stats["port"] == port, (host, port)
+        if slurm.hosts == "separate":
+            # the launcher runs in n1's namespace, each server in its node's; n1's loopback has none of n2's
+            node_at = {address: node for node, address in slurm.address.items()}
+            assert where_they_run(slurm, tmp_path) == {"launcher": {"n1"}, **{f"srun {p}": {"n1"} for _, p in entries},
+                                                       **{str(p): {node_at[a]} for a, p in entries}}
+            assert all(get_json_on(slurm, "n1", f"http://127.0.0.1:{p}/stats") is None
+                       for a, p in entries if a == slurm.address["n2"])
         proc.send_signal(signal.SIGINT)
         interrupted = time.monotonic()
         stdout, stderr = proc.communicate(timeout=60)
@@ -176,6 +279,7 @@ def test_ctrl_c_leaves_no_step_and_no_process(tmp_path: Path, slurm):
     assert 1 <= len(load_results(results).simulations) < 9
 
 
+@ON_BOTH
 def test_sbatch_submits_a_job_that_writes_the_results_and_resumes(tmp_path: Path, slurm):
     login = {"SLURM_CONF": slurm["SLURM_CONF"], **standin_env()}
     args = launcher_args(tmp_path, "--domains", "mock", "--num-servers", "3", "--start-port", "auto",
@@ -197,14 +301,21 @@ def test_sbatch_submits_a_job_that_writes_the_results_and_resumes(tmp_path: Path
         deadline = time.monotonic() + 180
         while subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True, env=slurm).stdout.strip():
             assert time.monotonic() < deadline, "the job did not finish"
-            time.sleep(1)
+            launchers.update(where_they_run(slurm, tmp_path).get("launcher", ()))
+            time.sleep(0.5)
         return log.read_text()
+
+    launchers: set[str | None] = set()  # nodes the launcher was seen on
 
     first = submit_and_wait()
     assert "all servers serve" in first and "stopped 3 server(s)" in first, first
+    assert launchers == ({"n1"} if slurm.hosts == "separate" else {None})  # the batch script's node
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["domains"]["mock"]["status"] == "complete"
     assert json.loads((tmp_path / "out" / "manifest.json").read_text())["executor"] == "slurm"
+    # the batch script ran on the first node; the servers are listed at their own nodes' addresses
+    config = json.loads((tmp_path / "model_config_local.json").read_text())
+    assert sorted(e["ip_addr"] for e in config["standin"]) == sorted([slurm.address["n1"]] * 2 + [slurm.address["n2"]])
     again = submit_and_wait()
     assert "resuming, 9/9 simulations already done" in again, again
     assert_nothing_left(slurm, tmp_path)
