@@ -26,7 +26,7 @@ DEFAULT_PROJECT = "tau2-run-local"
 LEDGER = "trackers.json"
 # The modules each tracker needs, as `find_spec` finds them; MLflow's own local store is SQLite.
 NEEDS = {"wandb": ("wandb",), "mlflow": ("mlflow", "sqlalchemy", "alembic"), "tensorboard": ("tensorboard",)}
-STEP_PATTERN = re.compile(r"(?:checkpoint|step|iter|ckpt)[-_]?(\d+)$", re.IGNORECASE)  # global_step_9 too
+STEP_PATTERN = re.compile(r"(?:checkpoint|step|iteration|iter|ckpt)[-_]?(\d+)$", re.IGNORECASE)  # global_step_9 too
 SECRET_KEY = re.compile(r"api[_-]?key|secret|password|passwd|credential|auth|(^|[_-])token$", re.IGNORECASE)
 
 
@@ -295,8 +295,8 @@ class MlflowReporter:
 
 class TensorboardReporter:
     """Event files in <output folder>/tensorboard/<run name>/ (a rerun adds one file there), written
-    with TensorBoard's own writer (no TensorFlow, no torch): the numbers as float64 scalars, the score
-    table and the settings as text."""
+    with TensorBoard's own writer (no TensorFlow, no torch): the numbers as scalars (float32, the only
+    kind TensorBoard's loader shows; token counts past 2^24 round), the score table and the settings as text."""
 
     @staticmethod
     def where(target: Target) -> str:
@@ -310,16 +310,13 @@ class TensorboardReporter:
         self.settings = "" if entry["steps"] else "\n".join(["| setting | value |", "|---|---|", *rows])
 
     def log(self, step: int, summary: dict[str, Any], files: Sequence[Path]) -> None:
-        import numpy as np
         from tensorboard.compat.proto import event_pb2, summary_pb2
-        from tensorboard.plugins.scalar import metadata as scalar_metadata
+        from tensorboard.plugins.scalar.summary_v2 import scalar_pb
         from tensorboard.plugins.text.summary_v2 import text_pb
-        from tensorboard.util import tensor_util
 
         values = summary_pb2.Summary()
         for tag, value in metrics(summary).items():
-            values.value.add(tag=tag, tensor=tensor_util.make_tensor_proto(np.float64(value)),
-                             metadata=scalar_metadata.create_summary_metadata(display_name=tag, description=""))
+            values.value.extend(scalar_pb(tag, value).value)
         values.value.extend(text_pb("scores", score_table(summary)).value)
         if self.settings:
             values.value.extend(text_pb("settings", self.settings).value)

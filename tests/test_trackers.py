@@ -12,6 +12,7 @@ import struct
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import free_port
 
@@ -51,15 +52,17 @@ def domain_summary(rewards: dict[str, list[float]], scale: int) -> dict:
 
 def launcher_summary(scale: int) -> dict:
     """A whole summary.json (run_local.py's summarize), its scores rising with `scale`."""
-    domains = {"retail": domain_summary({"r0": [1.0, 1.0], "r1": [1.0 if scale > 1 else 0.0, 0.0],
-                                          "r2": [0.5, 1.0 if scale > 2 else 0.0]}, scale),
-               "airline": domain_summary({"a0": [1.0, 0.0], "a1": [0.0, 0.0 if scale < 3 else 1.0]}, scale)}
+    tasks = {"retail": {"r0": [1.0, 1.0], "r1": [1.0 if scale > 1 else 0.0, 0.0], "r2": [0.5, 1.0 if scale > 2 else 0.0]},
+             "airline": {"a0": [1.0, 0.0], "a1": [0.0, 0.0 if scale < 3 else 1.0]}}
+    domains = {name: domain_summary(rewards, scale) for name, rewards in tasks.items()}
+    scores = domain_summary({f"{d}/{t}": r for d, rewards in tasks.items() for t, r in rewards.items()}, scale)
+    total = lambda key: {k: sum(d[key][k] for d in domains.values()) for k in domains["retail"][key]}
     overall = {key: sum(d[key] for d in domains.values()) for key in ("tasks", "simulations", "expected_simulations",
                                                                       "not_scored")}
-    overall.update(avg_reward=0.1 * scale, pass_hat_k={"1": 0.1 * scale, "2": 0.05 * scale},
-                   termination_reasons={"user_stop": 8, "max_steps": 2}, wall_time_s=30.0 * scale,
-                   failures={k: 2 * v for k, v in domains["retail"]["failures"].items()},
-                   tokens={"agent": {"prompt": 20_000 * scale, "completion": 2_468}}, expert_calls={"planner": 2 * scale},
+    overall.update(avg_reward=scores["avg_reward"], pass_hat_k=scores["pass_hat_k"],
+                   termination_reasons=total("termination_reasons"), failures=total("failures"), wall_time_s=30.0 * scale,
+                   tokens={"agent": {"prompt": 20_000 * scale, "completion": 2_468},
+                           "user": {"prompt": 10_000, "completion": 1_554}}, expert_calls=total("expert_calls"),
                    cost_usd={"agent": "unknown", "user": 0.025 * scale}, total_cost_usd="unknown", reward_per_dollar=None,
                    rate_limited_calls={"agent": 0, "user": scale})
     return {"domains": domains, "overall": overall, "agent_conversations_per_server": {"http://127.0.0.1:1900/v1": 10},
@@ -188,8 +191,8 @@ def test_names_steps_and_numbers():
     finally:
         tr.NEEDS["tensorboard"] = ("tensorboard",)
     for name, step in [("checkpoint-1000", 1000), ("global_step_250", 250), ("global_step40", 40), ("step_7", 7),
-                       ("iter_0001000", 1000), ("1500", 1500), ("global_step_100/actor/huggingface", 100),
-                       ("final", 3), ("sft-v2", 3)]:
+                       ("iter_0001000", 1000), ("iteration-20", 20), ("1500", 1500), ("final", 3), ("sft-v2", 3),
+                       ("global_step_100/actor/huggingface", 100)]:
         assert tr.checkpoint_step(name, 3) == step, name
 
     summary = launcher_summary(2)
@@ -213,11 +216,11 @@ def test_names_steps_and_numbers():
 # -- the real trackers ---------------------------------------------------------------------------
 
 
-def check_rows(rows: dict, want: dict[int, dict]) -> None:
-    """The tracker holds exactly summary.json's numbers, each at its checkpoint's step."""
+def check_rows(rows: dict, want: dict[int, dict], stored=float) -> None:
+    """The tracker holds exactly summary.json's numbers (as the type it stores), each at its checkpoint's step."""
     assert sorted(rows) == sorted(want)
     for step, summary in want.items():
-        assert rows[step] == tr.metrics(summary), step
+        assert rows[step] == {k: float(stored(v)) for k, v in tr.metrics(summary).items()}, step
 
 
 def one_evaluation(folder: Path, name: str) -> dict:
@@ -287,14 +290,14 @@ def test_tensorboard_event_files(tmp_path: Path):
     want = one_evaluation(tmp_path / "single", "tensorboard")
     found = read_tensorboard(tmp_path / "single")
     assert found["runs"] == ["single"]
-    check_rows(found["rows"], want)
+    check_rows(found["rows"], want, stored=np.float32)
     assert "| retail | 3 | 6 | 1 | 0.4167 | 0.3333 | 0.3333 | incomplete |" in found["texts"]["scores"][0]
     assert "| num_trials | 2 |" in found["texts"]["settings"][0]
 
     want = watch(tmp_path / "watch", "tensorboard")
     found = read_tensorboard(tmp_path / "watch")
     assert found["runs"] == ["run7"] and found["files"] == 2
-    check_rows(found["rows"], want)
+    check_rows(found["rows"], want, stored=np.float32)
     assert sorted(found["texts"]["scores"]) == [100, 200, 300] and list(found["texts"]["settings"]) == [100]
 
 
