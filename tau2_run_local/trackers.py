@@ -16,9 +16,10 @@ import os
 import re
 import time
 import uuid
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Protocol, Sequence
+from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 TRACKERS = ("wandb", "mlflow", "tensorboard")

@@ -333,8 +333,8 @@ def test_failing_trackers_are_one_warning_each_and_no_secret_is_written(tmp_path
     (service,) = wandb_service_pids()
     os.kill(service, signal.SIGKILL)  # W&B fails in the middle of the watch
     os.waitpid(service, 0)
-    assert logged(2) == ["--report-to wandb: MailboxClosedError; not reporting to wandb for the rest of this run "
-                         "(the evaluation goes on)"]
+    assert logged(2) == [("--report-to wandb: MailboxClosedError; not reporting to wandb for the rest of this run "
+                          "(the evaluation goes on)")]
     assert logged(3) == [] and reporting.close() == []
     ledger = json.loads((out / tr.LEDGER).read_text())
     assert [[e["steps"] for e in ledger[name].values()] for name in tr.TRACKERS] == [[[100]], [[]], [[100, 200, 300]]]
