@@ -169,7 +169,7 @@ class Target:
         return self.run_name or self.folder.resolve().name
 
     def project_for(self, env_var: str) -> str:
-        return self.project or os.environ.get(env_var) or DEFAULT_PROJECT
+        return self.project or os.getenv(env_var) or DEFAULT_PROJECT
 
 
 class Reporter(Protocol):
@@ -180,18 +180,18 @@ class Reporter(Protocol):
 
 def wandb_logged_in() -> bool:
     """An API key in the environment or a netrc login for the W&B host (whose password is not read)."""
-    if os.environ.get("WANDB_API_KEY"):
+    if os.getenv("WANDB_API_KEY"):
         return True
-    host = urlsplit(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname or ""
+    host = urlsplit(os.getenv("WANDB_BASE_URL") or "https://api.wandb.ai").hostname or ""
     try:
-        return netrc.netrc(os.environ.get("NETRC") or None).authenticators(host) is not None
+        return netrc.netrc(os.getenv("NETRC") or None).authenticators(host) is not None
     except (OSError, netrc.NetrcParseError):
         return False
 
 
 def wandb_mode() -> str:
     """The user's WANDB_MODE; else online when they are logged in, offline otherwise (never a prompt)."""
-    return os.environ.get("WANDB_MODE") or ("online" if wandb_logged_in() else "offline")
+    return os.getenv("WANDB_MODE") or ("online" if wandb_logged_in() else "offline")
 
 
 class WandbReporter:
@@ -214,8 +214,8 @@ class WandbReporter:
                                x_transaction_log_flush_interval=1.0)
         self.run = wandb.init(
             project=target.project_for("WANDB_PROJECT"), name=target.name, id=entry["run_id"], resume="allow",
-            mode=None if os.environ.get("WANDB_MODE") or wandb_logged_in() else "offline", config=target.params,
-            dir=os.environ.get("WANDB_DIR") or str(target.folder), settings=quiet)
+            mode=None if os.getenv("WANDB_MODE") or wandb_logged_in() else "offline", config=target.params,
+            dir=os.getenv("WANDB_DIR") or str(target.folder), settings=quiet)
         self.run.define_metric("checkpoint/step")
         self.run.define_metric("*", step_metric="checkpoint/step")
 
@@ -244,7 +244,7 @@ class MlflowReporter:
 
     @staticmethod
     def tracking_uri(target: Target) -> str:
-        return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(target.folder / 'mlflow.db').resolve()}"
+        return os.getenv("MLFLOW_TRACKING_URI") or f"sqlite:///{(target.folder / 'mlflow.db').resolve()}"
 
     @staticmethod
     def where(target: Target) -> str:
@@ -261,7 +261,7 @@ class MlflowReporter:
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # not its table-creation chatter
         logging.getLogger("alembic").setLevel(logging.WARNING)
         uri = self.tracking_uri(target)
-        own_store = not os.environ.get("MLFLOW_TRACKING_URI")
+        own_store = not os.getenv("MLFLOW_TRACKING_URI")
         self.client = MlflowClient(tracking_uri=uri)
         name = target.project_for("MLFLOW_EXPERIMENT_NAME")
         experiment = self.client.get_experiment_by_name(name)
