@@ -21,6 +21,7 @@ loguru sink, the τ²-bench registry, os._exit). tests/test_layers.py holds all 
                   leaderboard      leaderboard.md/.html
                   pages            what the HTML pages share: page, plots, colours
                   scoring          average reward, pass^k, failures, tokens, cost
+                  tracking         --report-to: an evaluation's or a watch's settings and scores, sent
   evaluation      loop             the evaluation loop: in flight, recorded, servers watched
                   progress         the live view and log lines
                   workers          simulations on threads or in worker processes
@@ -52,5 +53,6 @@ loguru sink, the τ²-bench registry, os._exit). tests/test_layers.py holds all 
   utilities       util             atomic writes, time, redaction, the rerun command
                   readiness        is a server serving (/health, /v1/models)
                   errors           bad input (exit 2) and a failed server (exit 1)
+                  trackers         W&B, MLflow, TensorBoard: one point per checkpoint step, a ledger
 """
 __version__ = "0.2.0"

@@ -31,6 +31,7 @@ from .sbatch import job_script, submit_job
 from .scoring import unparsed_tool_calls
 from .settings import Request
 from .tasks import load_tasks, trial_seeds
+from .tracking import report_evaluation
 from .tau2_loader import load_tau2
 from .util import now_iso, secret_values
 from .workers import make_simulators
@@ -148,4 +149,6 @@ def evaluate_checkpoint(request: Request, argv: Sequence[str], console: Any) -> 
     unfinished = how_to_finish(runs, argv, secrets)
     if unfinished:
         print(unfinished, file=sys.stderr)
+    if code == 0 and request.report_to:
+        report_evaluation(request, plan, secrets)
     return code

@@ -6,6 +6,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from . import trackers
 from .errors import UsageError
 from .host import check_ports
 from .plan import Plan
@@ -53,8 +54,19 @@ def check_endpoints(plan: Plan) -> None:
             raise UsageError(f"user-simulator endpoint {url} does not answer /health")
 
 
+def check_report_to(names: tuple[str, ...]) -> None:
+    """--report-to names known trackers whose libraries are installed."""
+    try:
+        missing = trackers.missing_extra(trackers.expand(names))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if missing:
+        raise UsageError(missing)
+
+
 def check_inputs(request: Request, plan: Plan, env: dict[str, str]) -> None:
     """Everything that can be known wrong before a process starts."""
+    check_report_to(request.report_to)
     if plan.servers:
         check_model_dir(request.agent_model, "--agent-model")
         if request.user_model:

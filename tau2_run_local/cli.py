@@ -11,6 +11,7 @@ from .app import evaluate_checkpoint, install_signal_handlers
 from .compare import compare_outputs
 from .errors import UsageError
 from .settings import parse_request
+from .util import secret_values
 from .watch import watch_checkpoints
 
 
@@ -25,7 +26,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return compare_outputs(request, console)
         if request.watch:
             install_signal_handlers()  # Ctrl-C and SIGTERM stop the watch and its evaluation alike
-            return watch_checkpoints(request, argv, console, evaluate_checkpoint)
+            return watch_checkpoints(request, argv, console, evaluate_checkpoint,
+                                     secret_values(dict(os.environ), argv))
     except UsageError as exc:
         print(f"run_local.py: error: {exc}", file=sys.stderr)
         return 2

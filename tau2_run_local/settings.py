@@ -135,6 +135,10 @@ class Request:
     watch: str | None
     watch_once: bool
     watch_interval: float
+    # reporting to experiment trackers
+    report_to: tuple[str, ...]
+    report_project: str | None
+    report_run_name: str | None
     # what to do
     dry_run: bool
 
@@ -296,6 +300,15 @@ class Request:
         w.add_argument("--watch-interval", type=float, default=60,
                        help="with --watch: seconds between looks; a checkpoint whose files changed within this time "
                             "is still being written (default: 60)")
+        t = p.add_argument_group("reporting to experiment trackers")
+        t.add_argument("--report-to", action="extend", nargs="+", default=[], metavar="NAME",
+                       help="send the scores, settings, report.html and summary.json to wandb, mlflow, tensorboard, "
+                            "all or none, at the checkpoint's training step (from its folder name); offline unless "
+                            "WANDB_* or MLFLOW_TRACKING_URI say otherwise (default: none)")
+        t.add_argument("--report-project",
+                       help="W&B project, MLflow experiment (default: $WANDB_PROJECT / $MLFLOW_EXPERIMENT_NAME, "
+                            "else tau2-run-local)")
+        t.add_argument("--report-run-name", help="the tracker run's name (default: the --output-dir folder's name)")
         p.add_argument("--dry-run", action="store_true",
                        help="print the plan (placement, ports, exact commands) and start nothing")
         p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")

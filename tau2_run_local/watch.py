@@ -12,11 +12,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .checks import check_writable_dir
+from .checks import check_report_to, check_writable_dir
 from .errors import UsageError
 from .host import WEIGHT_SUFFIXES
 from .leaderboard import checkpoint_output, leaderboard_rows, write_leaderboard
 from .settings import Request
+from .tracking import log_folder, open_reporting, request_settings, warn
+from .trackers import checkpoint_step
 from .util import now_iso
 
 
@@ -78,10 +80,11 @@ def evaluated(folder: Path, domains: Sequence[str]) -> bool:
 
 
 def watch_checkpoints(request: Request, argv: Sequence[str], console: Any,
-                      evaluate: Callable[[Request, Sequence[str], Any], int]) -> int:
+                      evaluate: Callable[[Request, Sequence[str], Any], int], secrets: Sequence[str] = ()) -> int:
     """--watch DIR: evaluate each settled checkpoint once, oldest first, restarting the servers for each
     (a full run of its own, into <output-dir>/<checkpoint>/). A checkpoint already complete there is not
-    run again, so a restarted watch resumes where it stopped."""
+    run again, so a restarted watch resumes where it stopped. With --report-to, the whole watch is one
+    tracker run in --output-dir, each evaluated checkpoint a point at its training step."""
     root, out = Path(request.watch), Path(request.output_dir)
     if not root.is_dir():
         raise UsageError(f"--watch {root}: no such directory")
@@ -91,6 +94,8 @@ def watch_checkpoints(request: Request, argv: Sequence[str], console: Any,
     if request.watch_interval <= 0:
         raise UsageError(f"--watch-interval must be positive, not {request.watch_interval}")
     check_writable_dir(out, "--output-dir")
+    check_report_to(request.report_to)
+    reporting = open_reporting(request, out, request_settings(request), secrets)
     tried: dict[Path, int] = {}  # this watch's runs and their exit codes
     said: dict[Path, str] = {}
     try:
@@ -98,7 +103,7 @@ def watch_checkpoints(request: Request, argv: Sequence[str], console: Any,
             ckpts = find_checkpoints(root)
             now = time.time()
             states = {}
-            for ckpt in ckpts:
+            for order, ckpt in enumerate(ckpts):
                 folder = checkpoint_output(out, root, ckpt)
                 states[ckpt] = ("evaluated" if evaluated(folder, request.domains) else
                                 f"failed (exit {tried[ckpt]})" if ckpt in tried else
@@ -107,13 +112,15 @@ def watch_checkpoints(request: Request, argv: Sequence[str], console: Any,
                     console.print(f"{now_iso()} {ckpt}: {'still being written' if states[ckpt] == 'writing' else 'weights incomplete'}; "
                                   "skipped until it settles", markup=False)
                 said[ckpt] = states[ckpt]
+                if states[ckpt] == "evaluated":
+                    log_folder(reporting, checkpoint_step(str(ckpt.relative_to(root)), order), folder)
             write_leaderboard(out, leaderboard_rows(out, root, ckpts, states), request.domains)
             ready = [c for c in ckpts if states[c] == "ready"]
             if ready:
                 ckpt = ready[0]
                 folder = checkpoint_output(out, root, ckpt)
                 console.print(f"{now_iso()} evaluating checkpoint {ckpt} into {folder}", markup=False)
-                sub = replace(request, agent_model=str(ckpt), output_dir=str(folder), watch=None)
+                sub = replace(request, agent_model=str(ckpt), output_dir=str(folder), watch=None, report_to=())
                 tried[ckpt] = evaluate(sub, [*argv, "--agent-model", str(ckpt), "--output-dir", str(folder)], console)
                 if tried[ckpt] in (2, 130):  # bad input holds for every checkpoint; Ctrl-C stops the watch
                     write_leaderboard(out, leaderboard_rows(out, root, ckpts, states), request.domains)
@@ -125,3 +132,5 @@ def watch_checkpoints(request: Request, argv: Sequence[str], console: Any,
     except KeyboardInterrupt:
         print("run_local.py: watch stopped; rerun the same command to resume", file=sys.stderr)
         return 130
+    finally:
+        warn(reporting.close())

@@ -117,3 +117,8 @@ def test_unwritable_folders(workdir: Path, model_dir: Path, flag: str):
 def test_unknown_task_id(workdir: Path, model_dir: Path):
     assert_refused(workdir, ["--agent-model", str(model_dir), "--domains", "mock", "--task-ids", "no_such_task"],
                    "mock: Not all tasks were found", KEY)
+
+
+def test_report_to_an_unknown_tracker(workdir: Path, model_dir: Path):
+    assert_refused(workdir, ["--agent-model", str(model_dir), "--report-to", "comet"],
+                   "--report-to: unknown tracker 'comet'", KEY)

@@ -11,7 +11,9 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 from conftest import LAUNCHER, ROOT, STANDIN, run_launcher
+from test_trackers import check_rows, read_mlflow, read_tensorboard, read_wandb
 from tau2_run_local.watch import checkpoint_state, find_checkpoints
 
 
@@ -58,8 +60,11 @@ def test_watch_evaluates_checkpoints_as_they_settle_and_resumes(tmp_path: Path):
     root, out = tmp_path / "ckpts", tmp_path / "out"
     root.mkdir()
     make_checkpoint(root, "checkpoint-100", fail="create_task_1")  # mock's first two tasks fail: 0.0
-    env = {**os.environ, "PYTHONPATH": str(STANDIN)}
-    watch = subprocess.Popen(watch_command(root, tmp_path), env=env, cwd=ROOT, text=True,
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "MLFLOW_"))}
+    env.update(PYTHONPATH=str(STANDIN), WANDB_MODE="offline", NETRC=str(tmp_path / "netrc"),
+               **{v: str(tmp_path / v.lower()) for v in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR")})
+    trackers = ("--report-to", "tensorboard", "mlflow", "wandb")
+    watch = subprocess.Popen(watch_command(root, tmp_path, *trackers), env=env, cwd=ROOT, text=True,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         wait_for(lambda: reward(out, "checkpoint-100") is not None, "checkpoint-100's results")
@@ -84,8 +89,9 @@ def test_watch_evaluates_checkpoints_as_they_settle_and_resumes(tmp_path: Path):
 
     # the trainer finishes the half-written checkpoint; a restarted watch evaluates only that one
     (half / "model-00002-of-00002.safetensors").write_bytes(b"\0" * 64)
-    again = run_launcher(watch_command(root, tmp_path, "--watch-once")[2:], env={"PYTHONPATH": str(STANDIN)})
-    assert again.returncode == 0, again.stdout + again.stderr
+    again = subprocess.run(watch_command(root, tmp_path, "--watch-once", *trackers), env=env, cwd=ROOT,
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "warning" not in again.stderr, again.stdout + again.stderr
     evaluated = [line.split("evaluating checkpoint ")[1].split()[0] for line in again.stdout.splitlines()
                  if "evaluating checkpoint" in line]
     assert evaluated == [str(half)]
@@ -100,6 +106,19 @@ def test_watch_evaluates_checkpoints_as_they_settle_and_resumes(tmp_path: Path):
     assert "<svg" in page and 'data-field="checkpoint-200:mock">1.0000<' in page
     for name in ("checkpoint-100", "checkpoint-200", "checkpoint-300"):
         assert (out / name / "report.html").is_file()
+
+    # --report-to: one tracker run for the whole watch, each checkpoint at its step, as its summary.json
+    want = {step: json.loads((out / f"checkpoint-{step}" / "summary.json").read_text()) for step in (100, 200, 300)}
+    found = (read_wandb(out), read_mlflow(out / "mlflow.db"), read_tensorboard(out))
+    check_rows(found[0]["rows"], want)
+    check_rows(found[1]["rows"], want)
+    check_rows(found[2]["rows"], want, stored=np.float32)
+    assert len(found[0]["ids"]) == 1 and found[1]["params"]["num_trials"] == "1"
+    # a rerun with nothing new adds nothing
+    rerun = subprocess.run(watch_command(root, tmp_path, "--watch-once", *trackers), env=env, cwd=ROOT,
+                           capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0 and "evaluating" not in rerun.stdout, rerun.stdout + rerun.stderr
+    assert (read_wandb(out), read_mlflow(out / "mlflow.db"), read_tensorboard(out)) == found
 
 
 def test_checkpoint_states(tmp_path: Path):
