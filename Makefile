@@ -47,6 +47,7 @@ benchmarks: model
 	$(PY) benchmarks/parallel_domains/run.py
 	$(PY) benchmarks/shutdown/run.py
 	$(PY) benchmarks/slurm_startup/run.py
+	$(PY) benchmarks/slurm_hosts/run.py
 
 clean:
 	rm -rf outputs logs .pytest_cache
