@@ -242,6 +242,7 @@ def print_comparison(console: Any, table: dict[str, Any]) -> None:
 
 def compare_outputs(request: Request, console: Any) -> int:
     """--compare: read earlier output folders, write compare.md and compare.html, print the table."""
+    assert request.compare  # cli calls it only for --compare
     folders = [read_output_folder(Path(p)) for p in request.compare]
     for other in folders[1:]:
         reasons = incomparable(folders[0], other)

@@ -79,7 +79,7 @@ def retry_after_s(exc: BaseException) -> float | None:
     for headers in (getattr(getattr(exc, "response", None), "headers", None),
                     getattr(exc, "litellm_response_headers", None), getattr(exc, "headers", None)):
         with contextlib.suppress(AttributeError, TypeError):
-            value = next((v for k, v in headers.items() if k.lower() == "retry-after"), None)
+            value = next((v for k, v in (headers or {}).items() if k.lower() == "retry-after"), None)
             if value is None:
                 continue
             with contextlib.suppress(ValueError):

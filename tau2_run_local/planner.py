@@ -17,6 +17,7 @@ from .validation import check_implementations, check_numbers, parse_gpu_ids, par
 
 def pool_settings(request: Request) -> tuple[PoolSettings, ...]:
     """The pools to start, read from the command line once: the agent's, and a local user simulator's."""
+    assert request.agent_model  # build_plan checks it before starting servers
     pools = [PoolSettings("agent", request.agent_model, agent_served_name(request), request.num_servers,
                           request.tensor_parallel_size, parse_gpu_ids(request.gpu_ids, "--gpu-ids"),
                           request.servers_per_gpu, "")]
@@ -27,6 +28,7 @@ def pool_settings(request: Request) -> tuple[PoolSettings, ...]:
 
 
 def agent_served_name(request: Request) -> str:
+    assert request.agent_model  # build_plan checks it before starting servers
     return request.served_model_name or request.agent_model
 
 

@@ -86,7 +86,7 @@ class Lease:
             self.on_dead(self.url)
         elif not self.router.others_live(self.url):
             return
-        failed, self.url = self.url, None
+        failed, self.url = self.url, ""  # held by none until acquire() returns: __exit__ releases nothing
         self.router.release(failed)
         self.url = self.router.acquire(avoid=failed)
 
@@ -94,5 +94,5 @@ class Lease:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.url is not None:
+        if self.url:
             self.router.release(self.url)

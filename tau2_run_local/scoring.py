@@ -149,7 +149,7 @@ def domain_summary(run: DomainRun, models: dict[str, str], prices: Sequence[tupl
 
 def add_up(values: Iterable[float | str]) -> float | str:
     values = list(values)
-    return "unknown" if "unknown" in values else round(sum(values), 6)
+    return "unknown" if "unknown" in values else round(sum(v for v in values if not isinstance(v, str)), 6)
 
 
 def summarize(ev: Evaluation, wall_s: float) -> dict[str, Any]:

@@ -82,6 +82,7 @@ def watch_checkpoints(request: Request, argv: Sequence[str], console: Any,
     """--watch DIR: evaluate each settled checkpoint once, oldest first, restarting the servers for each
     (a full run of its own, into <output-dir>/<checkpoint>/). A checkpoint already complete there is not
     run again, so a restarted watch resumes where it stopped."""
+    assert request.watch  # cli calls it only for --watch
     root, out = Path(request.watch), Path(request.output_dir)
     if not root.is_dir():
         raise UsageError(f"--watch {root}: no such directory")
