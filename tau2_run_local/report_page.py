@@ -208,7 +208,10 @@ def reward_breakdown(info: dict[str, Any]) -> str:
              + "".join(f" · {esc(k)} {esc(fmt(v, 2))}" for k, v in (info.get("reward_breakdown") or {}).items())
              + (f" · database matches: {'yes' if info['db_check'].get('db_match') else 'no'}"
                 if info.get("db_check") else "") + "</p>"]
-    call = lambda a: f"{a.get('name')}({json.dumps(a.get('arguments', {}), ensure_ascii=False)})"  # noqa: E731
+
+    def call(a: dict[str, Any]) -> str:
+        return f"{a.get('name')}({json.dumps(a.get('arguments', {}), ensure_ascii=False)})"
+
     tables = (("gold action", "action_checks", lambda c: call(c.get("action") or {}), "action_match"),
               ("information to communicate", "communicate_checks", lambda c: c.get("info"), "met"),
               ("environment assertion", "env_assertions", lambda c: pretty(c.get("env_assertion")), "met"),

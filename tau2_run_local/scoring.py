@@ -158,7 +158,10 @@ def summarize(ev: Evaluation, wall_s: float) -> dict[str, Any]:
     all_sims = [(name, s) for name, run in ev.runs.items() for s in run.results.simulations]
     overall_sims = [_Tagged(f"{name}/{s.task_id}", s) for name, s in all_sims]
     used = usage_by_model([s for _, s in all_sims])
-    total = lambda key: {k: sum(d[key][k] for d in domains.values()) for k in next(iter(domains.values()))[key]}
+
+    def total(key: str) -> dict[str, Any]:
+        return {k: sum(d[key][k] for d in domains.values()) for k in next(iter(domains.values()))[key]}
+
     overall = {
         "tasks": sum(d["tasks"] for d in domains.values()), "simulations": len(all_sims),
         "expected_simulations": sum(d["expected_simulations"] for d in domains.values()),

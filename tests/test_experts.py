@@ -13,7 +13,7 @@ import pytest
 from conftest import STANDIN, run_launcher
 
 sys.path.insert(0, str(STANDIN))
-from known_rewards import expected_reward  # noqa: E402
+from known_rewards import expected_reward  # noqa: E402  (tests/standin/, on sys.path above)
 
 from tau2_run_local.defaults import ROUTED
 from tau2_run_local.endpoint_file import write_model_config
@@ -71,7 +71,7 @@ def test_an_orchestrator_that_calls_an_expert_on_every_turn(tmp_path: Path, stan
     assert own == []
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())["overall"]
     assert summary["expert_calls"] == {"gold": len(turns)}
-    assert "server http://127.0.0.1:%d/v1 stopped answering" % experts[0] in result.stdout
+    assert f"server http://127.0.0.1:{experts[0]}/v1 stopped answering" in result.stdout
     assert stats(experts[1])["chat_requests"] > 0
     # costs: the trajectory's tokens times the prices given
     used = {"agent": [0, 0], "gold": [0, 0], "user": [0, 0]}
@@ -79,10 +79,13 @@ def test_an_orchestrator_that_calls_an_expert_on_every_turn(tmp_path: Path, stan
         for m in sim.messages:
             if m.role == "assistant" and m.raw_data and "expert" in m.raw_data:
                 usage, orch = m.usage, m.raw_data["orchestrator"]["usage"]
-                used["gold"][0] += usage["prompt_tokens"]; used["gold"][1] += usage["completion_tokens"]
-                used["agent"][0] += orch["prompt_tokens"]; used["agent"][1] += orch["completion_tokens"]
+                used["gold"][0] += usage["prompt_tokens"]
+                used["gold"][1] += usage["completion_tokens"]
+                used["agent"][0] += orch["prompt_tokens"]
+                used["agent"][1] += orch["completion_tokens"]
             elif m.role == "user" and m.usage:
-                used["user"][0] += m.usage["prompt_tokens"]; used["user"][1] += m.usage["completion_tokens"]
+                used["user"][0] += m.usage["prompt_tokens"]
+                used["user"][1] += m.usage["completion_tokens"]
     price = {"agent": PRICES["standin"], "gold": PRICES["gold"], "user": PRICES["standin-user"]}
     want = {side: (p * price[side][0] + c * price[side][1]) / 1e6 for side, (p, c) in used.items()}
     assert used["gold"][0] > 0 and used["agent"][0] > 0

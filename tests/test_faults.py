@@ -16,7 +16,7 @@ import pytest
 from conftest import STANDIN, free_port, run_launcher
 
 sys.path.insert(0, str(STANDIN))
-from known_rewards import canonical_task_id, expected_reward  # noqa: E402
+from known_rewards import canonical_task_id, expected_reward  # noqa: E402  (tests/standin/, on sys.path above)
 
 from tau2_run_local.endpoint_file import write_model_config
 from tau2_run_local.faults import judge_failure, retry_after_s

@@ -20,7 +20,7 @@ import pytest
 from conftest import LAUNCHER, ROOT, launcher_args, run_launcher, standin_env
 
 sys.path.insert(0, str(ROOT / "tests" / "slurm"))
-import cluster  # noqa: E402
+import cluster  # noqa: E402  (tests/slurm/, on sys.path above)
 
 STOP_LIMIT_S = 15
 

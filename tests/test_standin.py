@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -58,10 +59,8 @@ def _start(port: int, extra_env: dict | None = None) -> subprocess.Popen:
 
 
 def _kill(proc: subprocess.Popen) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)  # whole group: server + any child it spawned
-    except ProcessLookupError:
-        pass
     proc.wait(timeout=10)
     for f in (proc.stdout, proc.stderr):
         if f:

@@ -258,14 +258,14 @@ def import_gguf(cache: Path):
     and the active environment is left untouched.
     """
     try:
-        import gguf  # noqa: F401
+        import gguf
     except ImportError:
         target = cache / "pylib"
         if not (target / "gguf").is_dir():
             pip("install", "--quiet", "--no-deps", "--target", str(target), GGUF_PACKAGE)
         sys.path.insert(0, str(target))
-        import gguf  # noqa: F401
-    return sys.modules["gguf"]
+        import gguf
+    return gguf
 
 
 # --------------------------------------------------------------------------

@@ -43,7 +43,7 @@ PY = sys.executable
 TAU2 = str(Path(PY).parent / "tau2")
 LAUNCHER = ROOT / "run_local.py"
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from common import launcher_version, machine, start_standin, stop_group, timed  # noqa: E402
+from common import launcher_version, machine, start_standin, stop_group, timed  # noqa: E402  (benchmarks/, on sys.path above)
 
 DOMAIN = "retail"
 MAX_STEPS = 60

@@ -34,8 +34,8 @@ ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "tests" / "standin"))
-from common import launcher_version, machine, start_standin, stop_group, timed  # noqa: E402
-from known_rewards import expected_reward  # noqa: E402
+from common import launcher_version, machine, start_standin, stop_group, timed  # noqa: E402  (benchmarks/, on sys.path above)
+from known_rewards import expected_reward  # noqa: E402  (tests/standin/, on sys.path above)
 
 DOMAIN, MAX_STEPS, CONCURRENCY = "retail", 60, 16
 USER_API_FAULTS = {"fault_role": "user", "429_rate": "0.25", "rate_limit": "1", "retry_after": "1",

@@ -364,7 +364,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_message(self, fmt, *args):  # uvicorn-like access log, stdout
         if _env("STANDIN_QUIET") != "1":
-            sys.stdout.write("INFO:     %s - %s\n" % (self.client_address[0], fmt % args))
+            sys.stdout.write(f"INFO:     {self.client_address[0]} - {fmt % args}\n")
             sys.stdout.flush()
 
     def _send(self, code: int, obj) -> None:

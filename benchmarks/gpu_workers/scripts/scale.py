@@ -19,9 +19,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
-from tau2_run_local.endpoint_file import write_model_config
-from tau2_run_local.plan import endpoint_url
-from tau2_run_local.readiness import serves
+from tau2_run_local.endpoint_file import write_model_config  # noqa: E402  (the checkout's package, on sys.path above)
+from tau2_run_local.plan import endpoint_url  # noqa: E402  (the checkout's package, on sys.path above)
+from tau2_run_local.readiness import serves  # noqa: E402  (the checkout's package, on sys.path above)
 
 PORTS = [8201, 8202, 8203, 8204]
 FAILED = "retail/3,retail/8,airline/5"
