@@ -26,8 +26,8 @@ MACHINERY_STATUS = frozenset({408, 409, 425, 429})
 
 
 MACHINERY_ERRORS = frozenset({"APIConnectionError", "APITimeoutError", "Timeout", "ConnectError", "ConnectTimeout",
-                              "ReadTimeout", "ReadError", "WriteError", "RemoteProtocolError", "ServiceUnavailableError",
-                              "InternalServerError", "BadGatewayError"})
+                              "ReadTimeout", "ReadError", "WriteError", "RemoteProtocolError",
+                              "ServiceUnavailableError", "InternalServerError", "BadGatewayError"})
 
 
 CONTEXT_OVERFLOW_MARKERS = ("maximum context length", "maximum model length", "context length",

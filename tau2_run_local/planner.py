@@ -57,10 +57,13 @@ def eval_settings(request: Request, agent_servers: int, cpus: int = 1) -> EvalSe
         task_ids=tuple(request.task_ids) if request.task_ids else None, num_trials=request.num_trials,
         max_steps=request.max_steps, max_concurrency=ceiling, adaptive_concurrency=not request.max_concurrency,
         workers=min(workers, ceiling),
-        seed=request.seed, max_new_tokens=request.max_new_tokens, parallel_domains=request.parallel_domains, overwrite=request.overwrite,
+        seed=request.seed, max_new_tokens=request.max_new_tokens, parallel_domains=request.parallel_domains,
+        overwrite=request.overwrite,
         output_dir=Path(request.output_dir),
-        faults=FaultPolicy(request.retry_timeout, request.request_timeout, request.user_max_concurrency, request.user_max_rpm),
-        agent=request.agent, user=request.user, agent_llm_args=parse_llm_args(request.agent_llm_args, "--agent-llm-args"),
+        faults=FaultPolicy(request.retry_timeout, request.request_timeout, request.user_max_concurrency,
+                           request.user_max_rpm),
+        agent=request.agent, user=request.user,
+        agent_llm_args=parse_llm_args(request.agent_llm_args, "--agent-llm-args"),
         user_llm_args=parse_llm_args(request.user_llm_args, "--user-llm-args"), max_errors=request.max_errors,
         task_set_name=request.task_set_name, task_split_name=request.task_split_name)
 
@@ -92,7 +95,8 @@ def build_plan(request: Request, host: Host) -> Plan:
     experts = resolve_experts(request, servers, config)
     addendum, source = read_addendum(request.agent_policy_addendum) if experts else ("", "")
     prices = read_prices(request, read_expert_info(request.expert_info), {e.name: e.model for e in experts})
-    return Plan(servers, agent_name, agent_urls, user_llm, user_urls, eval_settings(request, len(agent_urls), host.cpus),
+    return Plan(servers, agent_name, agent_urls, user_llm, user_urls,
+                eval_settings(request, len(agent_urls), host.cpus),
                 Path(request.model_config_path), Path(request.log_dir), executor, experts, addendum, source, prices)
 
 

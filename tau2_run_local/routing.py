@@ -34,7 +34,8 @@ class Router:
                 raise NoLiveServer("no live server left: every server of the pool is gone")
             live = [u for u in live if u != avoid] or live
             least = min(self.in_flight[u] for u in live)
-            url = min((u for u in live if self.in_flight[u] <= least + 1), key=lambda u: (self.served[u], self.in_flight[u]))
+            url = min((u for u in live if self.in_flight[u] <= least + 1),
+                      key=lambda u: (self.served[u], self.in_flight[u]))
             self.in_flight[url] += 1
             self.served[url] += 1
             return url

@@ -130,7 +130,8 @@ def unparsed_tool_calls(simulations: Iterable[Any]) -> int:
                and is_tool_call_text(getattr(msg, "content", None)))
 
 
-def domain_summary(run: DomainRun, models: dict[str, str], prices: Sequence[tuple[str, float, float]] = ()) -> dict[str, Any]:
+def domain_summary(run: DomainRun, models: dict[str, str],
+                   prices: Sequence[tuple[str, float, float]] = ()) -> dict[str, Any]:
     sims = run.results.simulations
     used = usage_by_model(sims)
     return {
@@ -153,7 +154,8 @@ def add_up(values: Iterable[float | str]) -> float | str:
 
 
 def summarize(ev: Evaluation, wall_s: float) -> dict[str, Any]:
-    models = {"agent": hosted(ev.plan.agent_name), "user": ev.plan.user_llm, **{e.name: e.model for e in ev.plan.experts}}
+    models = {"agent": hosted(ev.plan.agent_name), "user": ev.plan.user_llm,
+              **{e.name: e.model for e in ev.plan.experts}}
     domains = {name: domain_summary(run, models, ev.plan.prices) for name, run in ev.runs.items()}
     all_sims = [(name, s) for name, run in ev.runs.items() for s in run.results.simulations]
     overall_sims = [_Tagged(f"{name}/{s.task_id}", s) for name, s in all_sims]

@@ -69,7 +69,8 @@ def server_env(gpus: tuple[str, ...], lane: int, cache_root: str, cpu_kv_gib: st
 
 def build_servers(request: Request, pools: Sequence[PoolSettings], nodes: Sequence[Node],
                   ports: Iterator[int], cache_root: str, cpu_kv_gib: str, slurm: bool = False,
-                  gpu_mib: dict[str, int] | None = None, weight_bytes: dict[str, int] | None = None) -> tuple[ServerSpec, ...]:
+                  gpu_mib: dict[str, int] | None = None,
+                  weight_bytes: dict[str, int] | None = None) -> tuple[ServerSpec, ...]:
     """The fleet: placement, lanes, ports, KV-cache sizes and commands, with no process started.
 
     gpu_mib (this machine's GPU id -> total MiB) and weight_bytes (model folder -> bytes of weights) size

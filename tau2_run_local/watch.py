@@ -105,7 +105,8 @@ def watch_checkpoints(request: Request, argv: Sequence[str], console: Any,
                                 f"failed (exit {tried[ckpt]})" if ckpt in tried else
                                 checkpoint_state(ckpt, request.watch_interval, now))
                 if states[ckpt] in ("writing", "incomplete") and said.get(ckpt) != states[ckpt]:
-                    console.print(f"{now_iso()} {ckpt}: {'still being written' if states[ckpt] == 'writing' else 'weights incomplete'}; "
+                    console.print(f"{now_iso()} {ckpt}: "
+                                  f"{'still being written' if states[ckpt] == 'writing' else 'weights incomplete'}; "
                                   "skipped until it settles", markup=False)
                 said[ckpt] = states[ckpt]
             write_leaderboard(out, leaderboard_rows(out, root, ckpts, states), request.domains)

@@ -109,8 +109,8 @@ def test_sampling_args_reach_the_servers_and_a_change_refuses_the_resume(tmp_pat
     assert stats(agent)["sampling"]["agent"] == [{"temperature": 0.3, "top_p": 0.9, "max_tokens": 64}]
     assert stats(user)["sampling"]["user"] == [{"temperature": 0.7, "max_tokens": 64}]
     before = (tmp_path / "out" / "mock.json").read_text()
-    changed = run_launcher([*base, "--agent-llm-args", '{"temperature": 0.5}', "--user-llm-args", '{"temperature": 0.7}',
-                            "--max-new-tokens", "64"])
+    changed = run_launcher([*base, "--agent-llm-args", '{"temperature": 0.5}',
+                            "--user-llm-args", '{"temperature": 0.7}', "--max-new-tokens", "64"])
     assert changed.returncode == 2 and "agent llm args changed" in changed.stderr
     assert len(changed.stderr.strip().splitlines()) == 1
     assert (tmp_path / "out" / "mock.json").read_text() == before
@@ -150,8 +150,8 @@ def test_bad_orchestration_input_is_one_line_and_exit_2(tmp_path: Path, standins
     agent = standins.start("standin")
     config = endpoint_file(tmp_path / "endpoints.json", {"standin": [agent]})
     result = run_launcher(["--skip-server-start", "--model-config-path", str(config), "--user-llm", "standin",
-                           "--domains", "mock", "--output-dir", str(tmp_path / "out"), "--log-dir", str(tmp_path / "logs"),
-                           *extra], env={"OPENAI_API_KEY": ""})
+                           "--domains", "mock", "--output-dir", str(tmp_path / "out"),
+                           "--log-dir", str(tmp_path / "logs"), *extra], env={"OPENAI_API_KEY": ""})
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out" / "mock.json").exists()
@@ -162,8 +162,9 @@ def test_bad_orchestration_input_is_one_line_and_exit_2(tmp_path: Path, standins
 def test_an_expert_folder_that_is_no_model(tmp_path: Path, model_dir: Path, folder: str, message: str):
     if folder == "not-a-model":
         (tmp_path / folder).mkdir()
-    result = run_launcher(["--agent-model", str(model_dir), "--user-llm", "standin", "--expert", f"x={tmp_path / folder}",
-                           "--start-port", "auto", "--output-dir", str(tmp_path / "out"), "--log-dir", str(tmp_path / "logs"),
+    result = run_launcher(["--agent-model", str(model_dir), "--user-llm", "standin",
+                           "--expert", f"x={tmp_path / folder}", "--start-port", "auto",
+                           "--output-dir", str(tmp_path / "out"), "--log-dir", str(tmp_path / "logs"),
                            "--model-config-path", str(tmp_path / "endpoints.json")])
     assert result.returncode == 2
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1

@@ -47,7 +47,8 @@ def load_results(path: Path):
 
 def started_pgids(stdout: str) -> list[int]:
     """Process groups of the servers the launcher started, from its 'started ... pid N' lines."""
-    return [int(line.split("pid ")[1].split(")")[0]) for line in stdout.splitlines() if "(GPUs" in line and "pid " in line]
+    return [int(line.split("pid ")[1].split(")")[0]) for line in stdout.splitlines()
+            if "(GPUs" in line and "pid " in line]
 
 
 def assert_groups_gone(pgids: list[int]) -> None:

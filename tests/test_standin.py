@@ -125,7 +125,8 @@ def test_endpoints(server):
 def test_malformed_tool_json(server):
     """Agent's first turn for a STANDIN_MALFORMED_TOOL_JSON task has unparsable arguments."""
     msgs = [
-        {"role": "system", "content": "<instructions>\nYou are a customer service agent\n</instructions>\n<policy>\nx\n</policy>"},
+        {"role": "system",
+         "content": "<instructions>\nYou are a customer service agent\n</instructions>\n<policy>\nx\n</policy>"},
         {"role": "assistant", "content": "Hi! How can I help you today?"},
         {"role": "user", "content": f"Hi, I need help. [domain:mock] [task:{MALFORMED_TASK}]"},
     ]
@@ -178,7 +179,8 @@ def test_tau2_mock_simulations(server):
         assert sim.messages[-1].content == "###STOP###"
     # the solved run replayed the gold action through a real tool call
     calls = [tc for m in solved.messages if getattr(m, "tool_calls", None) for tc in m.tool_calls]
-    assert [(c.name, c.arguments) for c in calls] == [("create_task", {"user_id": "user_1", "title": "Important Meeting"})]
+    assert ([(c.name, c.arguments) for c in calls]
+            == [("create_task", {"user_id": "user_1", "title": "Important Meeting"})])
 
     after = requests.get(f"{server['base']}/stats", timeout=5).json()
     # each simulation = one agent conversation + one user-simulator conversation

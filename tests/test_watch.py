@@ -89,7 +89,8 @@ def test_watch_evaluates_checkpoints_as_they_settle_and_resumes(tmp_path: Path):
     evaluated = [line.split("evaluating checkpoint ")[1].split()[0] for line in again.stdout.splitlines()
                  if "evaluating checkpoint" in line]
     assert evaluated == [str(half)]
-    assert (reward(out, "checkpoint-100"), reward(out, "checkpoint-200"), reward(out, "checkpoint-300")) == (0.0, 1.0, 1.0)
+    assert (reward(out, "checkpoint-100"), reward(out, "checkpoint-200"),
+            reward(out, "checkpoint-300")) == (0.0, 1.0, 1.0)
 
     # the leaderboard: checkpoints in order of creation, reward per domain, as a table and a plot
     rows = [line for line in (out / "leaderboard.md").read_text().splitlines() if line.startswith("| checkpoint-")]

@@ -172,7 +172,7 @@ CHAT_TEMPLATE = r"""
 {%- if add_generation_prompt -%}
     {{- '<|im_start|>assistant\n' -}}
 {%- endif -%}
-""".strip().replace("__DEFAULT_SYSTEM_PROMPT__", DEFAULT_SYSTEM_PROMPT)
+""".strip().replace("__DEFAULT_SYSTEM_PROMPT__", DEFAULT_SYSTEM_PROMPT)  # noqa: E501  (Qwen2.5's tool prompt, verbatim)
 
 
 def log(msg: str) -> None:

@@ -28,7 +28,8 @@ import cluster  # noqa: E402  (tests/slurm/, on sys.path above)
 from common import launcher_version, machine  # noqa: E402  (benchmarks/, on sys.path above)
 
 NODES, GPUS, SERVERS, DELAY_S = 4, 4, 16, "20"
-LOG_COPIES = Path(os.environ["BENCH_LOG_COPIES"]) if os.environ.get("BENCH_LOG_COPIES") else None  # launcher logs kept here
+# launcher logs kept here
+LOG_COPIES = Path(os.environ["BENCH_LOG_COPIES"]) if os.environ.get("BENCH_LOG_COPIES") else None
 
 
 def stamp(line: str) -> float:

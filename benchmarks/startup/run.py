@@ -525,7 +525,8 @@ def main() -> int:
     doc = {
         "benchmark": "startup", "mode": "quick" if opts.quick else "full", "started_at": started,
         "launcher": version_at_start | {"run_local_py_unchanged_during_run":
-                                         launcher_version()["run_local_py_sha256"] == version_at_start["run_local_py_sha256"]},
+                                         launcher_version()["run_local_py_sha256"]
+                                         == version_at_start["run_local_py_sha256"]},
         "took_s": round(time.monotonic() - began, 1), "machine": machine(),
         "command": shlex.join([".venv/bin/python", "benchmarks/startup/run.py", *sys.argv[1:]]),
         "seed_poll_interval_s": SEED_POLL_S, "quiet_wait_at_start": quiet,

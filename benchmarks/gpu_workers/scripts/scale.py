@@ -41,7 +41,8 @@ def fingerprint(folder: Path) -> dict[str, list]:
     found = {}
     for domain in ("retail", "airline"):
         for s in json.loads((folder / f"{domain}.json").read_text())["simulations"]:
-            found[f"{domain}/{s['task_id']}"] = [s["reward_info"]["reward"], len(s["messages"]), s["termination_reason"]]
+            found[f"{domain}/{s['task_id']}"] = [s["reward_info"]["reward"], len(s["messages"]),
+                                                 s["termination_reason"]]
     return found
 
 
@@ -67,7 +68,7 @@ def main() -> None:
                          "avg_reward": summary["overall"]["avg_reward"],
                          "llm_calls": sum(len([m for m in s["messages"] if m["role"] in ("assistant", "user")])
                                           for d in ("retail", "airline")
-                                          for s in json.loads((work / f"w{n}" / f"{d}.json").read_text())["simulations"]),
+                                          for s in json.loads((work / f"w{n}/{d}.json").read_text())["simulations"]),
                          "peak_in_flight": summary["concurrency"]["peak_in_flight"]})
             print(json.dumps(runs[-1]), flush=True)
             if rc:
