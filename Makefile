@@ -1,5 +1,5 @@
-# One command each: `make demo` (the offline demo) and `make test` (the test suite).
-# Both create .venv and install what they need on first use.
+# One command each: `make demo` (the offline demo), `make test` (the test suite) and `make lint` (ruff, mypy).
+# Each creates .venv and installs what it needs on first use.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -9,7 +9,7 @@ EXTRA ?= $(if $(shell nvidia-smi -L 2>/dev/null),gpu,cpu)
 # torch's CPU build lives on PyTorch's own index, unless a local wheelhouse already has it.
 TORCH_INDEX ?= $(if $(wildcard /opt/wheels/torch-2.13.0+cpu*),,--extra-index-url https://download.pytorch.org/whl/cpu)
 
-.PHONY: setup model tool-model demo test benchmarks clean
+.PHONY: setup model tool-model demo test lint benchmarks clean
 
 setup: $(VENV)/.installed-$(EXTRA)
 
@@ -39,6 +39,11 @@ demo: model
 
 test: model
 	$(PY) -m pytest -q
+
+# Style and types, with the settings in pyproject.toml (seconds; CI runs it before the tests).
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m mypy
 
 # The figures in BENCHMARKS.md (about 20 minutes on 2 cores; real vLLM on the CPU for some).
 benchmarks: model

@@ -31,8 +31,8 @@ from .sbatch import job_script, submit_job
 from .scoring import unparsed_tool_calls
 from .settings import Request
 from .tasks import load_tasks, trial_seeds
-from .tracking import report_evaluation
 from .tau2_loader import load_tau2
+from .tracking import report_evaluation
 from .util import now_iso, secret_values
 from .workers import make_simulators
 

@@ -68,6 +68,7 @@ def check_inputs(request: Request, plan: Plan, env: dict[str, str]) -> None:
     """Everything that can be known wrong before a process starts."""
     check_report_to(request.report_to)
     if plan.servers:
+        assert request.agent_model  # build_plan plans servers only with one
         check_model_dir(request.agent_model, "--agent-model")
         if request.user_model:
             check_model_dir(request.user_model, "--user-model")

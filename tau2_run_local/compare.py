@@ -76,7 +76,8 @@ def task_scores(rewards: dict[str, list[float]], metric: str) -> dict[str, float
     return {t: pass_hat_k(len(rs), sum(map(is_success, rs)), k) for t, rs in rewards.items() if len(rs) >= k}
 
 
-def bootstrap_ci(values: Sequence[float], resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> tuple[float, float] | None:
+def bootstrap_ci(values: Sequence[float], resamples: int = BOOTSTRAP_RESAMPLES,
+                 seed: int = 0) -> tuple[float, float] | None:
     """95% percentile interval of the mean, resampling tasks with replacement (a fixed seed: the same
     folders always give the same interval)."""
     import numpy as np
@@ -110,7 +111,8 @@ def compare_folders(folders: Sequence[OutputFolder]) -> dict[str, Any]:
     metrics = ["reward", *[f"pass^{k}" for k in range(1, trials + 1)]]
     scopes = [*domains, "overall"]
 
-    def per_scope(r: dict[str, dict[str, list[float]]], p: dict[str, list[float]], scope: str) -> dict[str, list[float]]:
+    def per_scope(r: dict[str, dict[str, list[float]]], p: dict[str, list[float]],
+                  scope: str) -> dict[str, list[float]]:
         return p if scope == "overall" else r[scope]
 
     table: dict[str, Any] = {"folders": [str(f.path) for f in folders], "metrics": metrics, "scopes": scopes,
@@ -152,7 +154,8 @@ def compare_markdown(table: dict[str, Any]) -> str:
         head = ["folder", *table["scopes"]]
         lines += [f"## {metric}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for name, scores in zip(names, table["scores"], strict=True):
-            lines.append("| " + " | ".join([f"`{name}`", *[ci_text(scores[f"{s}:{metric}"]) for s in table["scopes"]]]) + " |")
+            lines.append("| " + " | ".join([f"`{name}`", *[ci_text(scores[f"{s}:{metric}"]) for s in table["scopes"]]])
+                         + " |")
         lines.append("")
     if len(names) > 1:
         for metric in table["metrics"]:
@@ -215,7 +218,8 @@ def compare_html(table: dict[str, Any]) -> str:
     if len(names) > 1:
         parts.append("<h2>Tasks that flipped</h2><ul>" + "".join(
             f"<li>{esc(name)} {esc(kind)} ({len(tasks)}): {esc(', '.join(tasks) or 'none')}</li>"
-            for name, flips in zip(names[1:], table["flipped"][1:], strict=True) for kind, tasks in flips.items()) + "</ul>")
+            for name, flips in zip(names[1:], table["flipped"][1:], strict=True)
+            for kind, tasks in flips.items()) + "</ul>")
     return html_page("Checkpoints side by side", "\n".join(parts))
 
 
@@ -226,7 +230,8 @@ def print_comparison(console: Any, table: dict[str, Any]) -> None:
     out = Table(title="reward: 95% CI by bootstrap over tasks; paired difference against the first folder")
     for col in ("folder", "domain", "reward", "vs first", "tasks", "now solved", "now failed"):
         out.add_column(col, justify="left" if col in ("folder", "domain") else "right", no_wrap=True)
-    for i, (name, scores, diffs) in enumerate(zip(table["folders"], table["scores"], table["differences"], strict=True)):
+    for i, (name, scores, diffs) in enumerate(zip(table["folders"], table["scores"], table["differences"],
+                                                  strict=True)):
         for scope in table["scopes"]:
             key = f"{scope}:reward"
             flips = [t for kind in ("now solved", "now failed") for t in [table["flipped"][i].get(kind)]]
@@ -242,6 +247,7 @@ def print_comparison(console: Any, table: dict[str, Any]) -> None:
 
 def compare_outputs(request: Request, console: Any) -> int:
     """--compare: read earlier output folders, write compare.md and compare.html, print the table."""
+    assert request.compare  # cli calls it only for --compare
     folders = [read_output_folder(Path(p)) for p in request.compare]
     for other in folders[1:]:
         reasons = incomparable(folders[0], other)

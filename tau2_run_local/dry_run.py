@@ -17,7 +17,8 @@ def describe_plan(plan: Plan) -> str:
         lines.append(f"servers, {plan.executor} executor (lanes start together; in a lane, servers with a fixed "
                      "KV cache start together, the others one after another):")
         if plan.executor == "slurm":
-            lines.append("  (each server is a job step; SLURM picks its GPUs of the node and sets CUDA_VISIBLE_DEVICES)")
+            lines.append("  (each server is a job step; SLURM picks its GPUs of the node "
+                         "and sets CUDA_VISIBLE_DEVICES)")
         for node in dict.fromkeys(s.node for s in plan.servers):
             on_node = [s for s in plan.servers if s.node == node]
             indent = "    " if node else "  "

@@ -4,7 +4,7 @@ every malformed entry reported as bad input, and the pools it lists.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ from .plan import Plan, endpoint_url
 from .util import atomic_write
 
 
-def write_model_config(path: Path, pools: dict[str, Sequence[str]]) -> None:
+def write_model_config(path: Path, pools: Mapping[str, Sequence[str]]) -> None:
     """The seed script's shape: {model: [{"ip_addr", "port"}], "vllm_model_config_path": path}."""
     doc: dict[str, Any] = {}
     for name, urls in pools.items():

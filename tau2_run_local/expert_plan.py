@@ -61,7 +61,8 @@ def expert_pools(request: Request) -> tuple[PoolSettings, ...]:
                         ("--expert-gpu-ids", gpus)):
         stray = [n for n in given if n not in experts or not is_folder(experts[n])]
         if stray:
-            raise UsageError(f"{flag} names {stray[0]!r}, which is no expert served by this fleet (--expert NAME=FOLDER)")
+            raise UsageError(f"{flag} names {stray[0]!r}, which is no expert served by this fleet "
+                             "(--expert NAME=FOLDER)")
 
     def positive(text: str, flag: str) -> int:
         if not text.isdigit() or int(text) < 1:
@@ -92,7 +93,8 @@ def resolve_experts(request: Request, servers: Sequence[ServerSpec],
             if request.skip_server_start:
                 raise UsageError(f"--expert {name}={model} is a checkpoint folder, but --skip-server-start starts "
                                  f"no server: list its servers in {request.model_config_path} under a name instead")
-            where = (tuple(s.url for s in servers if s.role == "expert" and s.served_name == name), hosted(name), "served")
+            where = (tuple(s.url for s in servers if s.role == "expert" and s.served_name == name), hosted(name),
+                     "served")
         elif model in config:
             where = (config[model], hosted(model), "endpoint file")
         else:

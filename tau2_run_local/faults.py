@@ -26,8 +26,8 @@ MACHINERY_STATUS = frozenset({408, 409, 425, 429})
 
 
 MACHINERY_ERRORS = frozenset({"APIConnectionError", "APITimeoutError", "Timeout", "ConnectError", "ConnectTimeout",
-                              "ReadTimeout", "ReadError", "WriteError", "RemoteProtocolError", "ServiceUnavailableError",
-                              "InternalServerError", "BadGatewayError"})
+                              "ReadTimeout", "ReadError", "WriteError", "RemoteProtocolError",
+                              "ServiceUnavailableError", "InternalServerError", "BadGatewayError"})
 
 
 CONTEXT_OVERFLOW_MARKERS = ("maximum context length", "maximum model length", "context length",
@@ -79,7 +79,7 @@ def retry_after_s(exc: BaseException) -> float | None:
     for headers in (getattr(getattr(exc, "response", None), "headers", None),
                     getattr(exc, "litellm_response_headers", None), getattr(exc, "headers", None)):
         with contextlib.suppress(AttributeError, TypeError):
-            value = next((v for k, v in headers.items() if k.lower() == "retry-after"), None)
+            value = next((v for k, v in (headers or {}).items() if k.lower() == "retry-after"), None)
             if value is None:
                 continue
             with contextlib.suppress(ValueError):

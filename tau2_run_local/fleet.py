@@ -63,6 +63,12 @@ class Server:
             self.proc = self.executor.launch(self.spec, out, err)
         self.state, self.launched_at, self.attempts = "starting", time.monotonic(), self.attempts + 1
 
+    @property
+    def process(self) -> subprocess.Popen:
+        """The process of a launched server (one in any state but 'waiting')."""
+        assert self.proc is not None, f"{self.spec.label} was never launched"
+        return self.proc
+
     def failure(self, why: str) -> ServerFailed:
         """A failure message with the log tail, vLLM's own error lines (its logger writes to stdout),
         and the command to reproduce it by hand."""
@@ -78,8 +84,10 @@ class Server:
         newcomer's own profiling comes after its imports, by when this one's allocation is over."""
         if self.state == "ready":
             return True
+        if self.state != "starting" or self.out_path is None:  # out_path: set at launch, with the state
+            return False
         try:
-            return self.state == "starting" and KV_SIZED_MARKER in self.out_path.read_text(errors="replace")
+            return KV_SIZED_MARKER in self.out_path.read_text(errors="replace")
         except OSError:
             return False
 
@@ -115,7 +123,7 @@ class Fleet:
             for server in self._due(began):
                 server.launch()
                 self.say(f"started {server.spec.label} (GPUs {','.join(server.spec.gpus) or 'cpu'}, "
-                         f"pid {server.proc.pid}), log {server.err_path}")
+                         f"pid {server.process.pid}), log {server.err_path}")
             self._check_starting()
             if all(s.state == "ready" for s in self.servers):
                 return time.monotonic() - began
@@ -144,7 +152,7 @@ class Fleet:
         starting = [s for s in self.servers if s.state == "starting"]
         ready = self._checks.map(lambda s: serves(s.spec.url, s.spec.served_name, timeout=1.0), starting)
         for server, is_ready in zip(starting, ready, strict=True):
-            code = server.proc.poll()
+            code = server.process.poll()
             if code is not None:
                 if server.attempts == 1 and server.lost_memory_race():
                     self.say(f"{server.spec.label} lost a GPU memory race at startup; starting it once more")
@@ -164,9 +172,9 @@ class Fleet:
         """Servers that died since the last look (they are marked dead)."""
         dead = []
         for server in self.servers:
-            if server.state == "ready" and server.proc.poll() is not None:
+            if server.state == "ready" and server.process.poll() is not None:
                 server.state = "dead"
-                self.executor.signal([server.proc], signal.SIGKILL)  # its engine children must not keep the GPU
+                self.executor.signal([server.process], signal.SIGKILL)  # its engine children must not keep the GPU
                 dead.append(server)
         return dead
 
@@ -180,9 +188,9 @@ class Fleet:
         for server in self.servers:
             if server.state != "starting":
                 continue
-            if server.proc.poll() is not None or time.monotonic() - server.launched_at > self.timeout:
+            if server.process.poll() is not None or time.monotonic() - server.launched_at > self.timeout:
                 server.state = "dead"
-                self.executor.signal([server.proc], signal.SIGKILL)
+                self.executor.signal([server.process], signal.SIGKILL)
                 self.say(f"restart of {server.spec.label} failed; see {server.err_path}")
             elif serves(server.spec.url, server.spec.served_name, timeout=1.0):
                 server.state, server.ready_at = "ready", time.monotonic()
@@ -203,19 +211,19 @@ class Fleet:
         began = time.monotonic()
         deadline = began + grace
         try:
-            procs = [s.proc for s in started]
+            procs = [s.process for s in started]
             self.executor.signal(procs, signal.SIGTERM)
             time.sleep(0.3)
             self.executor.signal(procs, signal.SIGTERM)
-            while time.monotonic() < deadline and any(self.executor.alive(s.proc) for s in started):
+            while time.monotonic() < deadline and any(self.executor.alive(s.process) for s in started):
                 time.sleep(0.1)
         except KeyboardInterrupt:
             self.say("second interrupt: killing the servers now")
-        stubborn = [s.spec.label for s in started if self.executor.alive(s.proc)]
-        self.executor.signal([s.proc for s in started], signal.SIGKILL)
+        stubborn = [s.spec.label for s in started if self.executor.alive(s.process)]
+        self.executor.signal([s.process for s in started], signal.SIGKILL)
         for server in started:
             with contextlib.suppress(subprocess.TimeoutExpired):
-                server.proc.wait(timeout=5)
+                server.process.wait(timeout=5)
             if server.state != "dead":
                 server.state = "stopped"
         self.say(f"stopped {len(started)} server(s) in {time.monotonic() - began:.1f}s"

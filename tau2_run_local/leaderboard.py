@@ -43,7 +43,8 @@ def leaderboard_html(rows: list[dict[str, Any]], domains: Sequence[str]) -> str:
 
     def reward(row: dict[str, Any], scope: str) -> float | None:
         s = row["summary"]
-        return None if s is None else (s["overall"] if scope == "overall" else s["domains"].get(scope, {})).get("avg_reward")
+        return None if s is None else (s["overall"] if scope == "overall"
+                                       else s["domains"].get(scope, {})).get("avg_reward")
 
     def draw(fig: Any) -> None:
         ax = fig.subplots()
@@ -58,7 +59,8 @@ def leaderboard_html(rows: list[dict[str, Any]], domains: Sequence[str]) -> str:
     body = "".join(
         f"<tr><td>{esc(r['checkpoint'])}</td>"
         + "".join(f'<td data-field="{esc(r["checkpoint"])}:{esc(s)}">{esc(fmt(reward(r, s)))}</td>' for s in scopes)
-        + f"<td>{esc(fmt((r['summary'] or {}).get('overall', {}).get('simulations')))}</td><td>{esc(r['state'])}</td></tr>"
+        + f"<td>{esc(fmt((r['summary'] or {}).get('overall', {}).get('simulations')))}</td>"
+        + f"<td>{esc(r['state'])}</td></tr>"
         for r in rows)
     plot = svg_plot(draw) if any(r["summary"] for r in rows) else ""
     return html_page("Leaderboard", f'<h1>Leaderboard</h1><p class="meta">average reward per checkpoint, oldest first '

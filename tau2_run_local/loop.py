@@ -62,7 +62,7 @@ def watch_fleet(ev: Evaluation, fleet: Fleet | None, restart_dead: bool, sims: S
         for pool in ev.pools():
             pool.mark_dead(server.spec.url)
         sims.server_gone(server.spec.url)
-        ev.event(f"{server.spec.label} died (exit code {server.proc.returncode}); "
+        ev.event(f"{server.spec.label} died (exit code {server.process.returncode}); "
                  f"taken out of routing; log {server.err_path}")
         write_live_config(ev)
         if restart_dead:

@@ -17,6 +17,7 @@ from .validation import check_implementations, check_numbers, parse_gpu_ids, par
 
 def pool_settings(request: Request) -> tuple[PoolSettings, ...]:
     """The pools to start, read from the command line once: the agent's, and a local user simulator's."""
+    assert request.agent_model  # build_plan checks it before starting servers
     pools = [PoolSettings("agent", request.agent_model, agent_served_name(request), request.num_servers,
                           request.tensor_parallel_size, parse_gpu_ids(request.gpu_ids, "--gpu-ids"),
                           request.servers_per_gpu, "")]
@@ -27,6 +28,7 @@ def pool_settings(request: Request) -> tuple[PoolSettings, ...]:
 
 
 def agent_served_name(request: Request) -> str:
+    assert request.agent_model  # build_plan checks it before starting servers
     return request.served_model_name or request.agent_model
 
 
@@ -55,10 +57,13 @@ def eval_settings(request: Request, agent_servers: int, cpus: int = 1) -> EvalSe
         task_ids=tuple(request.task_ids) if request.task_ids else None, num_trials=request.num_trials,
         max_steps=request.max_steps, max_concurrency=ceiling, adaptive_concurrency=not request.max_concurrency,
         workers=min(workers, ceiling),
-        seed=request.seed, max_new_tokens=request.max_new_tokens, parallel_domains=request.parallel_domains, overwrite=request.overwrite,
+        seed=request.seed, max_new_tokens=request.max_new_tokens, parallel_domains=request.parallel_domains,
+        overwrite=request.overwrite,
         output_dir=Path(request.output_dir),
-        faults=FaultPolicy(request.retry_timeout, request.request_timeout, request.user_max_concurrency, request.user_max_rpm),
-        agent=request.agent, user=request.user, agent_llm_args=parse_llm_args(request.agent_llm_args, "--agent-llm-args"),
+        faults=FaultPolicy(request.retry_timeout, request.request_timeout, request.user_max_concurrency,
+                           request.user_max_rpm),
+        agent=request.agent, user=request.user,
+        agent_llm_args=parse_llm_args(request.agent_llm_args, "--agent-llm-args"),
         user_llm_args=parse_llm_args(request.user_llm_args, "--user-llm-args"), max_errors=request.max_errors,
         task_set_name=request.task_set_name, task_split_name=request.task_split_name)
 

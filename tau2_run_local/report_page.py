@@ -67,14 +67,16 @@ def category_tables(summary: dict[str, Any]) -> str:
         head = "".join(f"<th>{esc(name)}</th>" for name, _ in rows)
         body = "".join(
             f"<tr><td>{esc(c)}</td>"
-            + "".join(f'<td data-field="{esc(name)}:{esc(key)}:{esc(c)}">{esc(fmt((d.get(key) or {}).get(c, 0), 2))}</td>'
+            + "".join(f'<td data-field="{esc(name)}:{esc(key)}:{esc(c)}">'
+                      f'{esc(fmt((d.get(key) or {}).get(c, 0), 2))}</td>'
                       for name, d in rows) + "</tr>" for c in cats)
         parts.append(f"<h3>{esc(key.replace('_', ' '))}</h3><table><tr><th></th>{head}</tr>{body}</table>")
     extra = other_fields(summary)
     if extra:
         head = "".join(f"<th>{esc(name)}</th>" for name, _ in rows)
         body = "".join(f"<tr><td>{esc(k.replace('_', ' '))}</td>"
-                       + "".join(f'<td data-field="{esc(name)}:{esc(k)}">{esc(fmt(d.get(k), 2))}</td>' for name, d in rows)
+                       + "".join(f'<td data-field="{esc(name)}:{esc(k)}">{esc(fmt(d.get(k), 2))}</td>'
+                                 for name, d in rows)
                        + "</tr>" for k in extra)
         parts.append(f"<h3>other figures</h3><table><tr><th></th>{head}</tr>{body}</table>")
     errors = [(name, d["error"]) for name, d in rows if d.get("error")]
@@ -176,7 +178,8 @@ def message_html(msg: dict[str, Any]) -> str:
         extra.append(f"turn {msg['turn_idx']}")
     parts = [f'<div class="role">{esc(label)}{" · " if extra else ""}{esc(", ".join(extra))}</div>']
     if msg.get("content"):
-        parts.append(f'<pre class="{"err" if msg.get("error") else ""}">{esc(pretty(msg["content"]) if role == "tool" else msg["content"])}</pre>')
+        parts.append(f'<pre class="{"err" if msg.get("error") else ""}">'
+                     f'{esc(pretty(msg["content"]) if role == "tool" else msg["content"])}</pre>')
     for call in msg.get("tool_calls") or []:
         parts.append(f'<div class="call">calls <b>{esc(call.get("name"))}</b>'
                      f'<pre>{esc(pretty(call.get("arguments", {})))}</pre></div>')
@@ -208,7 +211,10 @@ def reward_breakdown(info: dict[str, Any]) -> str:
              + "".join(f" · {esc(k)} {esc(fmt(v, 2))}" for k, v in (info.get("reward_breakdown") or {}).items())
              + (f" · database matches: {'yes' if info['db_check'].get('db_match') else 'no'}"
                 if info.get("db_check") else "") + "</p>"]
-    call = lambda a: f"{a.get('name')}({json.dumps(a.get('arguments', {}), ensure_ascii=False)})"  # noqa: E731
+
+    def call(a: dict[str, Any]) -> str:
+        return f"{a.get('name')}({json.dumps(a.get('arguments', {}), ensure_ascii=False)})"
+
     tables = (("gold action", "action_checks", lambda c: call(c.get("action") or {}), "action_match"),
               ("information to communicate", "communicate_checks", lambda c: c.get("info"), "met"),
               ("environment assertion", "env_assertions", lambda c: pretty(c.get("env_assertion")), "met"),

@@ -34,7 +34,8 @@ class Router:
                 raise NoLiveServer("no live server left: every server of the pool is gone")
             live = [u for u in live if u != avoid] or live
             least = min(self.in_flight[u] for u in live)
-            url = min((u for u in live if self.in_flight[u] <= least + 1), key=lambda u: (self.served[u], self.in_flight[u]))
+            url = min((u for u in live if self.in_flight[u] <= least + 1),
+                      key=lambda u: (self.served[u], self.in_flight[u]))
             self.in_flight[url] += 1
             self.served[url] += 1
             return url
@@ -86,7 +87,7 @@ class Lease:
             self.on_dead(self.url)
         elif not self.router.others_live(self.url):
             return
-        failed, self.url = self.url, None
+        failed, self.url = self.url, ""  # held by none until acquire() returns: __exit__ releases nothing
         self.router.release(failed)
         self.url = self.router.acquire(avoid=failed)
 
@@ -94,5 +95,5 @@ class Lease:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.url is not None:
+        if self.url:
             self.router.release(self.url)

@@ -130,7 +130,8 @@ def unparsed_tool_calls(simulations: Iterable[Any]) -> int:
                and is_tool_call_text(getattr(msg, "content", None)))
 
 
-def domain_summary(run: DomainRun, models: dict[str, str], prices: Sequence[tuple[str, float, float]] = ()) -> dict[str, Any]:
+def domain_summary(run: DomainRun, models: dict[str, str],
+                   prices: Sequence[tuple[str, float, float]] = ()) -> dict[str, Any]:
     sims = run.results.simulations
     used = usage_by_model(sims)
     return {
@@ -149,16 +150,20 @@ def domain_summary(run: DomainRun, models: dict[str, str], prices: Sequence[tupl
 
 def add_up(values: Iterable[float | str]) -> float | str:
     values = list(values)
-    return "unknown" if "unknown" in values else round(sum(values), 6)
+    return "unknown" if "unknown" in values else round(sum(v for v in values if not isinstance(v, str)), 6)
 
 
 def summarize(ev: Evaluation, wall_s: float) -> dict[str, Any]:
-    models = {"agent": hosted(ev.plan.agent_name), "user": ev.plan.user_llm, **{e.name: e.model for e in ev.plan.experts}}
+    models = {"agent": hosted(ev.plan.agent_name), "user": ev.plan.user_llm,
+              **{e.name: e.model for e in ev.plan.experts}}
     domains = {name: domain_summary(run, models, ev.plan.prices) for name, run in ev.runs.items()}
     all_sims = [(name, s) for name, run in ev.runs.items() for s in run.results.simulations]
     overall_sims = [_Tagged(f"{name}/{s.task_id}", s) for name, s in all_sims]
     used = usage_by_model([s for _, s in all_sims])
-    total = lambda key: {k: sum(d[key][k] for d in domains.values()) for k in next(iter(domains.values()))[key]}
+
+    def total(key: str) -> dict[str, Any]:
+        return {k: sum(d[key][k] for d in domains.values()) for k in next(iter(domains.values()))[key]}
+
     overall = {
         "tasks": sum(d["tasks"] for d in domains.values()), "simulations": len(all_sims),
         "expected_simulations": sum(d["expected_simulations"] for d in domains.values()),

@@ -120,8 +120,8 @@ def build_servers(request: Request, pools: Sequence[PoolSettings], nodes: Sequen
         mem = memory_share(sharers, request.gpu_memory_utilization) if gpus else None
         sizes = [(gpu_mib or {}).get(g) for g in gpus]
         weights = (weight_bytes or {}).get(pool.model)
-        kv = kv_cache_bytes(min(sizes) if sizes and None not in sizes else None, sharers, mem,
-                            weights // pool.tensor_parallel if weights else None)
+        kv = kv_cache_bytes(min(s for s in sizes if s is not None) if sizes and None not in sizes else None,
+                            sharers, mem, weights // pool.tensor_parallel if weights else None)
         earlier = [s for s in specs if s.lane == lane]
         together = (len(earlier) if kv and earlier and request.stagger_delay is None
                     and all(s.kv_cache_bytes for s in earlier) else 0)  # on the old clock they take turns

@@ -191,7 +191,8 @@ class Request:
         s.add_argument("--skip-server-start", action="store_true",
                        help="use the servers listed in --model-config-path (they may be on other hosts)")
         s.add_argument("--model-config-path", default="model_config_local.json",
-                       help="endpoint file written (or, with --skip-server-start, read) (default: model_config_local.json)")
+                       help="endpoint file written (or, with --skip-server-start, read) "
+                            "(default: model_config_local.json)")
         s.add_argument("--log-dir", default="logs", help="server and run logs (default: logs)")
 
         c = p.add_argument_group("SLURM")
@@ -239,7 +240,8 @@ class Request:
         e.add_argument("--task-split-name", default="base",
                        help="task split, as `tau2 run` (default: base, where the task set has splits)")
         e.add_argument("--agent", choices=AGENTS, default="llm_agent",
-                       help="τ²-bench's agent implementation (default: llm_agent; llm_agent_solo needs --user dummy_user)")
+                       help="τ²-bench's agent implementation "
+                            "(default: llm_agent; llm_agent_solo needs --user dummy_user)")
         e.add_argument("--user", choices=USERS, default="user_simulator",
                        help="τ²-bench's user implementation (default: user_simulator)")
         e.add_argument("--parallel-domains", action="store_true",
@@ -278,7 +280,8 @@ class Request:
                             "undone, not scored, and a rerun finishes it; an endpoint that answers nothing but "
                             f"errors this long stops its domain (default: {RETRY_TIMEOUT_S:.0f})")
         f.add_argument("--request-timeout", type=float, default=REQUEST_TIMEOUT_S,
-                       help=f"seconds one model call may take before it is retried as a timeout (default: {REQUEST_TIMEOUT_S:.0f})")
+                       help="seconds one model call may take before it is retried as a timeout "
+                            f"(default: {REQUEST_TIMEOUT_S:.0f})")
         f.add_argument("--user-max-concurrency", type=int,
                        help="user-simulator calls in flight at once, to stay under a hosted API's limits "
                             "(default: --max-concurrency)")
@@ -294,7 +297,8 @@ class Request:
         w = p.add_argument_group("watching a training run")
         w.add_argument("--watch", metavar="DIR",
                        help="evaluate every checkpoint folder under DIR (a folder with config.json) in order of "
-                            "creation, each into <output-dir>/<checkpoint>/, and keep watching for new ones until Ctrl-C")
+                            "creation, each into <output-dir>/<checkpoint>/, and keep watching for new ones "
+                            "until Ctrl-C")
         w.add_argument("--watch-once", action="store_true",
                        help="with --watch: stop when no checkpoint is left to evaluate")
         w.add_argument("--watch-interval", type=float, default=60,

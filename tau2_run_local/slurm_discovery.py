@@ -55,7 +55,8 @@ def slurm_nodes(env: dict[str, str]) -> tuple[Node, ...]:
     address other nodes reach them at."""
     names = slurm_output(["scontrol", "show", "hostnames", env.get("SLURM_JOB_NODELIST", "")], env).split()
     held: dict[str, tuple[int, tuple[str, ...]]] = {}
-    for nodelist, cpus, gpus in parse_job_nodes(slurm_output(["scontrol", "show", "job", "-d", env["SLURM_JOB_ID"]], env)):
+    for nodelist, cpus, gpus in parse_job_nodes(slurm_output(["scontrol", "show", "job", "-d",
+                                                              env["SLURM_JOB_ID"]], env)):
         for name in slurm_output(["scontrol", "show", "hostnames", nodelist], env).split():
             held[name] = (cpus, gpus)
     if not names:
@@ -74,7 +75,8 @@ def choose_executor(request: Request, env: dict[str, str]) -> str:
             raise UsageError(f"--sbatch submits a job from a login node, but this runs inside SLURM job {job}; "
                              "drop --sbatch to run here")
         missing = [t for t in ("sbatch",) if not shutil.which(t, path=path)]
-    elif request.skip_server_start or request.executor == "local" or request.executor == "auto" and not (job and shutil.which("srun", path=path)):
+    elif (request.skip_server_start or request.executor == "local"
+          or request.executor == "auto" and not (job and shutil.which("srun", path=path))):
         return "local"
     elif not job:
         raise UsageError("--executor slurm needs a SLURM allocation (SLURM_JOB_ID is not set): run it inside "

@@ -1,10 +1,9 @@
 """Scores where researchers already look: W&B, MLflow and TensorBoard, one point per checkpoint step.
 
-An evaluation (or a whole --watch) is one tracker run. A ledger in the output folder, trackers.json,
-keeps each tracker's run id and the steps already logged there, so a rerun resumes the same run and
-never logs a checkpoint twice. Everything stays on this machine unless the user's environment says
-otherwise (WANDB_MODE, WANDB_API_KEY or a netrc login; MLFLOW_TRACKING_URI). A tracker that fails is a
-warning, never the end of an evaluation. Each tracker's library is imported only when it is used.
+An evaluation (or a whole --watch) is one tracker run; a ledger (trackers.json) keeps each run's id and
+steps, so a rerun resumes it and never logs a checkpoint twice. Offline unless the user's environment
+says otherwise (WANDB_MODE, WANDB_API_KEY or a netrc login; MLFLOW_TRACKING_URI). A failing tracker is a
+warning, never the end of an evaluation; each library is imported only when it is used.
 """
 from __future__ import annotations
 
@@ -22,9 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
-TRACKERS = ("wandb", "mlflow", "tensorboard")
-DEFAULT_PROJECT = "tau2-run-local"
-LEDGER = "trackers.json"
+TRACKERS, DEFAULT_PROJECT, LEDGER = ("wandb", "mlflow", "tensorboard"), "tau2-run-local", "trackers.json"
 # The modules each tracker needs, as `find_spec` finds them; MLflow's own local store is SQLite.
 NEEDS = {"wandb": ("wandb",), "mlflow": ("mlflow", "sqlalchemy", "alembic"), "tensorboard": ("tensorboard",)}
 STEP_PATTERN = re.compile(r"(?:checkpoint|step|iteration|iter|ckpt)[-_]?(\d+)$", re.IGNORECASE)  # global_step_9 too
@@ -140,7 +137,8 @@ def score_table(summary: dict[str, Any]) -> str:
     rows = [*summary.get("domains", {}).items(), ("overall", summary.get("overall", {}))]
     ks = sorted({k for _, d in rows for k in d.get("pass_hat_k", {})}, key=int)
     head = ["domain", "tasks", "simulations", "not scored", "avg reward", *[f"pass^{k}" for k in ks], "status"]
-    cell = lambda v: "-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
+    def cell(v):
+        return "-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, d in rows:
         cells = [name, d.get("tasks"), d.get("simulations"), d.get("not_scored"), d.get("avg_reward"),
@@ -173,8 +171,10 @@ class Target:
 
 
 class Reporter(Protocol):
+    def __init__(self, target: Target, entry: dict[str, Any]) -> None: ...
+    @staticmethod
+    def where(target: Target) -> str: ...
     def log(self, step: int, summary: dict[str, Any], files: Sequence[Path]) -> None: ...
-
     def close(self) -> None: ...
 
 
@@ -329,7 +329,8 @@ class TensorboardReporter:
         self.writer.close()
 
 
-REPORTERS = {"wandb": WandbReporter, "mlflow": MlflowReporter, "tensorboard": TensorboardReporter}
+REPORTERS: dict[str, type[Reporter]] = {"wandb": WandbReporter, "mlflow": MlflowReporter,
+                                         "tensorboard": TensorboardReporter}
 
 
 class Reporting:

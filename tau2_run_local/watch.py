@@ -17,8 +17,8 @@ from .errors import UsageError
 from .host import WEIGHT_SUFFIXES
 from .leaderboard import checkpoint_output, leaderboard_rows, write_leaderboard
 from .settings import Request
-from .tracking import log_folder, open_reporting, request_settings, warn
 from .trackers import checkpoint_step
+from .tracking import log_folder, open_reporting, request_settings, warn
 from .util import now_iso
 
 
@@ -85,6 +85,7 @@ def watch_checkpoints(request: Request, argv: Sequence[str], console: Any,
     (a full run of its own, into <output-dir>/<checkpoint>/). A checkpoint already complete there is not
     run again, so a restarted watch resumes where it stopped. With --report-to, the whole watch is one
     tracker run in --output-dir, each evaluated checkpoint a point at its training step."""
+    assert request.watch  # cli calls it only for --watch
     root, out = Path(request.watch), Path(request.output_dir)
     if not root.is_dir():
         raise UsageError(f"--watch {root}: no such directory")
@@ -109,7 +110,8 @@ def watch_checkpoints(request: Request, argv: Sequence[str], console: Any,
                                 f"failed (exit {tried[ckpt]})" if ckpt in tried else
                                 checkpoint_state(ckpt, request.watch_interval, now))
                 if states[ckpt] in ("writing", "incomplete") and said.get(ckpt) != states[ckpt]:
-                    console.print(f"{now_iso()} {ckpt}: {'still being written' if states[ckpt] == 'writing' else 'weights incomplete'}; "
+                    console.print(f"{now_iso()} {ckpt}: "
+                                  f"{'still being written' if states[ckpt] == 'writing' else 'weights incomplete'}; "
                                   "skipped until it settles", markup=False)
                 said[ckpt] = states[ckpt]
                 if states[ckpt] == "evaluated":

@@ -114,13 +114,16 @@ class ProcessSimulators:
     def _unpin(self, pins: dict[str, str]) -> None:
         pools = self._pools()
         for name, url in pins.items():
-            pools[name].release(url)
+            pool = pools[name]
+            assert pool is not None  # _pin pins only the pools there are
+            pool.release(url)
 
     def collect(self, timeout: float) -> list[Outcome]:
         from multiprocessing.connection import wait
 
         outcomes, self.ready = self.ready, []
         lines = {w.line: i for i, w in enumerate(self.workers)}
+        line: Any  # wait() hands back the pipe ends it was given
         for line in wait(list(lines), timeout=0 if outcomes else timeout):
             index = lines[line]
             while line.poll():

@@ -103,7 +103,8 @@ def test_unreachable_endpoint(workdir: Path):
                    f"endpoint http://127.0.0.1:{port}/v1 does not serve 'm'", KEY)
 
 
-@pytest.mark.parametrize("user_llm, key", [("gpt-4o", "OPENAI_API_KEY"), ("claude-3-7-sonnet-20250219", "ANTHROPIC_API_KEY")])
+@pytest.mark.parametrize("user_llm, key", [("gpt-4o", "OPENAI_API_KEY"),
+                                           ("claude-3-7-sonnet-20250219", "ANTHROPIC_API_KEY")])
 def test_hosted_user_model_without_its_key(workdir: Path, model_dir: Path, user_llm: str, key: str):
     assert_refused(workdir, ["--agent-model", str(model_dir), "--user-llm", user_llm],
                    f"user simulator {user_llm} needs {key}", {"OPENAI_API_KEY": "", "ANTHROPIC_API_KEY": ""})
@@ -111,7 +112,8 @@ def test_hosted_user_model_without_its_key(workdir: Path, model_dir: Path, user_
 
 @pytest.mark.parametrize("flag", ["--output-dir", "--log-dir"])
 def test_unwritable_folders(workdir: Path, model_dir: Path, flag: str):
-    assert_refused(workdir, ["--agent-model", str(model_dir), flag, "a_file/sub"], f"{flag} a_file/sub is not writable", KEY)
+    assert_refused(workdir, ["--agent-model", str(model_dir), flag, "a_file/sub"],
+                   f"{flag} a_file/sub is not writable", KEY)
 
 
 def test_unknown_task_id(workdir: Path, model_dir: Path):

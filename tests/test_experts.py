@@ -13,7 +13,7 @@ import pytest
 from conftest import STANDIN, run_launcher
 
 sys.path.insert(0, str(STANDIN))
-from known_rewards import expected_reward  # noqa: E402
+from known_rewards import expected_reward  # noqa: E402  (tests/standin/, on sys.path above)
 
 from tau2_run_local.defaults import ROUTED
 from tau2_run_local.endpoint_file import write_model_config
@@ -71,7 +71,7 @@ def test_an_orchestrator_that_calls_an_expert_on_every_turn(tmp_path: Path, stan
     assert own == []
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())["overall"]
     assert summary["expert_calls"] == {"gold": len(turns)}
-    assert "server http://127.0.0.1:%d/v1 stopped answering" % experts[0] in result.stdout
+    assert f"server http://127.0.0.1:{experts[0]}/v1 stopped answering" in result.stdout
     assert stats(experts[1])["chat_requests"] > 0
     # costs: the trajectory's tokens times the prices given
     used = {"agent": [0, 0], "gold": [0, 0], "user": [0, 0]}
@@ -79,10 +79,13 @@ def test_an_orchestrator_that_calls_an_expert_on_every_turn(tmp_path: Path, stan
         for m in sim.messages:
             if m.role == "assistant" and m.raw_data and "expert" in m.raw_data:
                 usage, orch = m.usage, m.raw_data["orchestrator"]["usage"]
-                used["gold"][0] += usage["prompt_tokens"]; used["gold"][1] += usage["completion_tokens"]
-                used["agent"][0] += orch["prompt_tokens"]; used["agent"][1] += orch["completion_tokens"]
+                used["gold"][0] += usage["prompt_tokens"]
+                used["gold"][1] += usage["completion_tokens"]
+                used["agent"][0] += orch["prompt_tokens"]
+                used["agent"][1] += orch["completion_tokens"]
             elif m.role == "user" and m.usage:
-                used["user"][0] += m.usage["prompt_tokens"]; used["user"][1] += m.usage["completion_tokens"]
+                used["user"][0] += m.usage["prompt_tokens"]
+                used["user"][1] += m.usage["completion_tokens"]
     price = {"agent": PRICES["standin"], "gold": PRICES["gold"], "user": PRICES["standin-user"]}
     want = {side: (p * price[side][0] + c * price[side][1]) / 1e6 for side, (p, c) in used.items()}
     assert used["gold"][0] > 0 and used["agent"][0] > 0
@@ -106,8 +109,8 @@ def test_sampling_args_reach_the_servers_and_a_change_refuses_the_resume(tmp_pat
     assert stats(agent)["sampling"]["agent"] == [{"temperature": 0.3, "top_p": 0.9, "max_tokens": 64}]
     assert stats(user)["sampling"]["user"] == [{"temperature": 0.7, "max_tokens": 64}]
     before = (tmp_path / "out" / "mock.json").read_text()
-    changed = run_launcher([*base, "--agent-llm-args", '{"temperature": 0.5}', "--user-llm-args", '{"temperature": 0.7}',
-                            "--max-new-tokens", "64"])
+    changed = run_launcher([*base, "--agent-llm-args", '{"temperature": 0.5}',
+                            "--user-llm-args", '{"temperature": 0.7}', "--max-new-tokens", "64"])
     assert changed.returncode == 2 and "agent llm args changed" in changed.stderr
     assert len(changed.stderr.strip().splitlines()) == 1
     assert (tmp_path / "out" / "mock.json").read_text() == before
@@ -147,8 +150,8 @@ def test_bad_orchestration_input_is_one_line_and_exit_2(tmp_path: Path, standins
     agent = standins.start("standin")
     config = endpoint_file(tmp_path / "endpoints.json", {"standin": [agent]})
     result = run_launcher(["--skip-server-start", "--model-config-path", str(config), "--user-llm", "standin",
-                           "--domains", "mock", "--output-dir", str(tmp_path / "out"), "--log-dir", str(tmp_path / "logs"),
-                           *extra], env={"OPENAI_API_KEY": ""})
+                           "--domains", "mock", "--output-dir", str(tmp_path / "out"),
+                           "--log-dir", str(tmp_path / "logs"), *extra], env={"OPENAI_API_KEY": ""})
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out" / "mock.json").exists()
@@ -159,8 +162,9 @@ def test_bad_orchestration_input_is_one_line_and_exit_2(tmp_path: Path, standins
 def test_an_expert_folder_that_is_no_model(tmp_path: Path, model_dir: Path, folder: str, message: str):
     if folder == "not-a-model":
         (tmp_path / folder).mkdir()
-    result = run_launcher(["--agent-model", str(model_dir), "--user-llm", "standin", "--expert", f"x={tmp_path / folder}",
-                           "--start-port", "auto", "--output-dir", str(tmp_path / "out"), "--log-dir", str(tmp_path / "logs"),
+    result = run_launcher(["--agent-model", str(model_dir), "--user-llm", "standin",
+                           "--expert", f"x={tmp_path / folder}", "--start-port", "auto",
+                           "--output-dir", str(tmp_path / "out"), "--log-dir", str(tmp_path / "logs"),
                            "--model-config-path", str(tmp_path / "endpoints.json")])
     assert result.returncode == 2
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1

@@ -16,7 +16,7 @@ import pytest
 from conftest import STANDIN, free_port, run_launcher
 
 sys.path.insert(0, str(STANDIN))
-from known_rewards import canonical_task_id, expected_reward  # noqa: E402
+from known_rewards import canonical_task_id, expected_reward  # noqa: E402  (tests/standin/, on sys.path above)
 
 from tau2_run_local.endpoint_file import write_model_config
 from tau2_run_local.faults import judge_failure, retry_after_s
@@ -124,7 +124,8 @@ def test_an_endpoint_that_only_fails_stops_the_domain_and_a_rerun_finishes(tmp_p
     assert domain["status"] == "failed" and domain["not_scored"] == TASKS and domain["simulations"] == 0
     assert domain["failures"]["infrastructure_undone"] >= 1
     assert domain["failures"]["infrastructure_undone"] + domain["failures"]["not_started"] == TASKS
-    assert f"user endpoint http://127.0.0.1:{user}/v1 answered nothing but errors for the whole retry window" in result.stderr
+    assert (f"user endpoint http://127.0.0.1:{user}/v1 answered nothing but errors for the whole retry window"
+            in result.stderr)
     assert "InternalServerError" in result.stderr  # the last error, named
     side = json.loads((tmp_path / "out" / f"{DOMAIN}.not_scored.json").read_text())
     assert side and all(entry["reason"] == "infrastructure" for entry in side)
@@ -161,7 +162,8 @@ def test_model_failures_score_zero_and_user_failures_are_left_out(tmp_path: Path
     assert_known_rewards(tmp_path, TASKS - 1, malformed=(malformed, overflow))
     domain = summary_of(tmp_path)["domains"][DOMAIN]
     failures = domain["failures"]
-    assert (failures["malformed_tool_call"], failures["context_overflow"], failures["user_simulator_error"]) == (1, 1, 1)
+    assert (failures["malformed_tool_call"], failures["context_overflow"],
+            failures["user_simulator_error"]) == (1, 1, 1)
     assert failures["retried_calls"] == 0  # the model's failures are never retried
     assert domain["not_scored"] == 1 and domain["status"] == "incomplete"
     side = json.loads((tmp_path / "out" / f"{DOMAIN}.not_scored.json").read_text())

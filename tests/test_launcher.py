@@ -18,7 +18,7 @@ import pytest
 from conftest import LAUNCHER, ROOT, STANDIN, cpu_plan, free_port, launcher_args, run_launcher, standin_env
 
 sys.path.insert(0, str(STANDIN))
-from known_rewards import expected_reward  # noqa: E402
+from known_rewards import expected_reward  # noqa: E402  (tests/standin/, on sys.path above)
 
 from tau2_run_local.endpoint_file import write_model_config
 from tau2_run_local.evaluation import Evaluation
@@ -47,7 +47,8 @@ def load_results(path: Path):
 
 def started_pgids(stdout: str) -> list[int]:
     """Process groups of the servers the launcher started, from its 'started ... pid N' lines."""
-    return [int(line.split("pid ")[1].split(")")[0]) for line in stdout.splitlines() if "(GPUs" in line and "pid " in line]
+    return [int(line.split("pid ")[1].split(")")[0]) for line in stdout.splitlines()
+            if "(GPUs" in line and "pid " in line]
 
 
 def assert_groups_gone(pgids: list[int]) -> None:

@@ -25,7 +25,7 @@ import pytest
 from conftest import LAUNCHER, ROOT, launcher_args, run_launcher, standin_env
 
 sys.path.insert(0, str(ROOT / "tests" / "slurm"))
-import cluster  # noqa: E402
+import cluster  # noqa: E402  (tests/slurm/, on sys.path above)
 
 STOP_LIMIT_S = 15
 
@@ -86,7 +86,8 @@ def launcher_on(slurm: Slurm, alloc: dict[str, str]) -> list[str]:
     return [*slurm.on(first_node(alloc)), sys.executable, str(LAUNCHER)]
 
 
-def run_launcher_on(slurm: Slurm, alloc: dict[str, str], args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+def run_launcher_on(slurm: Slurm, alloc: dict[str, str], args: list[str],
+                    env: dict[str, str]) -> subprocess.CompletedProcess:
     """conftest's run_launcher, on the allocation's first node."""
     return subprocess.run([*launcher_on(slurm, alloc), *args], capture_output=True, text=True,
                           env={**os.environ, **env}, cwd=ROOT, timeout=600)
@@ -234,7 +235,8 @@ def test_a_step_that_dies_is_routed_around_and_restarted(tmp_path: Path, slurm):
     assert len(keys) == len(set(keys)) == 18
     steps = [start["SLURM_STEP_ID"] for starts in placements(tmp_path / "logs").values() for start in starts]
     assert len(steps) == len(set(steps)) >= 3  # every restart is a job step of its own
-    at_own_node = [{"ip_addr": slurm.address["n1"], "port": str(port)}, {"ip_addr": slurm.address["n2"], "port": str(port + 1)}]
+    at_own_node = [{"ip_addr": slurm.address["n1"], "port": str(port)},
+                   {"ip_addr": slurm.address["n2"], "port": str(port + 1)}]
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["endpoints"]["agent"] == [f"http://{e['ip_addr']}:{e['port']}/v1" for e in at_own_node]
     listed = json.loads((tmp_path / "model_config_local.json").read_text())["standin"]  # the live ones at the end

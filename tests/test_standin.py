@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -58,10 +59,8 @@ def _start(port: int, extra_env: dict | None = None) -> subprocess.Popen:
 
 
 def _kill(proc: subprocess.Popen) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)  # whole group: server + any child it spawned
-    except ProcessLookupError:
-        pass
     proc.wait(timeout=10)
     for f in (proc.stdout, proc.stderr):
         if f:
@@ -126,7 +125,8 @@ def test_endpoints(server):
 def test_malformed_tool_json(server):
     """Agent's first turn for a STANDIN_MALFORMED_TOOL_JSON task has unparsable arguments."""
     msgs = [
-        {"role": "system", "content": "<instructions>\nYou are a customer service agent\n</instructions>\n<policy>\nx\n</policy>"},
+        {"role": "system",
+         "content": "<instructions>\nYou are a customer service agent\n</instructions>\n<policy>\nx\n</policy>"},
         {"role": "assistant", "content": "Hi! How can I help you today?"},
         {"role": "user", "content": f"Hi, I need help. [domain:mock] [task:{MALFORMED_TASK}]"},
     ]
@@ -179,7 +179,8 @@ def test_tau2_mock_simulations(server):
         assert sim.messages[-1].content == "###STOP###"
     # the solved run replayed the gold action through a real tool call
     calls = [tc for m in solved.messages if getattr(m, "tool_calls", None) for tc in m.tool_calls]
-    assert [(c.name, c.arguments) for c in calls] == [("create_task", {"user_id": "user_1", "title": "Important Meeting"})]
+    assert ([(c.name, c.arguments) for c in calls]
+            == [("create_task", {"user_id": "user_1", "title": "Important Meeting"})])
 
     after = requests.get(f"{server['base']}/stats", timeout=5).json()
     # each simulation = one agent conversation + one user-simulator conversation

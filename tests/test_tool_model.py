@@ -9,7 +9,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import gguf  # noqa: E402  (in the test extra)
-import make_tool_model as mtm  # noqa: E402
+import make_tool_model as mtm  # noqa: E402  (tools/, on sys.path above)
 
 # a byte-level vocabulary ('Ġ' is the space), then the GGUF's control / user-defined / unused tokens
 TOKENS = ["a", "b", "c", "Ġ", "{", "}", '"', ":", "ab", "Ġa",

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import free_port
 
+from conftest import free_port
 from tau2_run_local import trackers as tr
 
 # MLflow 3.17's store under SQLAlchemy 2.1 warns of a loader it uses
@@ -30,7 +30,8 @@ SETTINGS = {"agent_model": "hosted_vllm/agent", "user_model": "gpt-4o",
 def domain_summary(rewards: dict[str, list[float]], scale: int) -> dict:
     """One domain of summary.json, as run_local.py's domain_summary writes it."""
     trials = min(len(r) for r in rewards.values())
-    ok = lambda r: abs(r - 1.0) <= 1e-6
+    def ok(r):
+        return abs(r - 1.0) <= 1e-6
     pass_k = {str(k): sum(math.comb(sum(map(ok, r)), k) / math.comb(len(r), k) for r in rewards.values()) / len(rewards)
               for k in range(1, trials + 1)}
     sims = sum(len(r) for r in rewards.values())
@@ -40,30 +41,37 @@ def domain_summary(rewards: dict[str, list[float]], scale: int) -> dict:
         "not_scored": 1, "avg_reward": sum(flat) / len(flat), "pass_hat_k": pass_k,
         "termination_reasons": {"user_stop": sims - 1, "max_steps": 1},
         "failures": {"context_overflow": 0, "malformed_tool_call": scale, "bad_reply": 0, "other_agent_error": 0,
-                     "user_simulator_error": 1, "infrastructure_undone": 0, "not_started": 0, "retried_calls": 2 * scale,
+                     "user_simulator_error": 1, "infrastructure_undone": 0, "not_started": 0,
+                     "retried_calls": 2 * scale,
                      "recovered_calls": 2, "recovered_simulations": 1},
         "wall_time_s": 12.5 * scale,
-        "tokens": {"agent": {"prompt": 10_000 * scale, "completion": 1_234}, "user": {"prompt": 5_000, "completion": 777}},
+        "tokens": {"agent": {"prompt": 10_000 * scale, "completion": 1_234},
+                   "user": {"prompt": 5_000, "completion": 777}},
         "expert_calls": {"planner": scale},
-        "cost_usd": {"agent": "unknown", "user": 0.0125 * scale}, "total_cost_usd": "unknown", "reward_per_dollar": None,
+        "cost_usd": {"agent": "unknown", "user": 0.0125 * scale}, "total_cost_usd": "unknown",
+        "reward_per_dollar": None,
         "status": "incomplete",
     }
 
 
 def launcher_summary(scale: int) -> dict:
     """A whole summary.json (run_local.py's summarize), its scores rising with `scale`."""
-    tasks = {"retail": {"r0": [1.0, 1.0], "r1": [1.0 if scale > 1 else 0.0, 0.0], "r2": [0.5, 1.0 if scale > 2 else 0.0]},
+    tasks = {"retail": {"r0": [1.0, 1.0], "r1": [1.0 if scale > 1 else 0.0, 0.0],
+                        "r2": [0.5, 1.0 if scale > 2 else 0.0]},
              "airline": {"a0": [1.0, 0.0], "a1": [0.0, 0.0 if scale < 3 else 1.0]}}
     domains = {name: domain_summary(rewards, scale) for name, rewards in tasks.items()}
     scores = domain_summary({f"{d}/{t}": r for d, rewards in tasks.items() for t, r in rewards.items()}, scale)
-    total = lambda key: {k: sum(d[key][k] for d in domains.values()) for k in domains["retail"][key]}
+    def total(key):
+        return {k: sum(d[key][k] for d in domains.values()) for k in domains["retail"][key]}
     overall = {key: sum(d[key] for d in domains.values()) for key in ("tasks", "simulations", "expected_simulations",
                                                                       "not_scored")}
     overall.update(avg_reward=scores["avg_reward"], pass_hat_k=scores["pass_hat_k"],
-                   termination_reasons=total("termination_reasons"), failures=total("failures"), wall_time_s=30.0 * scale,
+                   termination_reasons=total("termination_reasons"), failures=total("failures"),
+                   wall_time_s=30.0 * scale,
                    tokens={"agent": {"prompt": 20_000 * scale, "completion": 2_468},
                            "user": {"prompt": 10_000, "completion": 1_554}}, expert_calls=total("expert_calls"),
-                   cost_usd={"agent": "unknown", "user": 0.025 * scale}, total_cost_usd="unknown", reward_per_dollar=None,
+                   cost_usd={"agent": "unknown", "user": 0.025 * scale}, total_cost_usd="unknown",
+                   reward_per_dollar=None,
                    rate_limited_calls={"agent": 0, "user": scale})
     return {"domains": domains, "overall": overall, "agent_conversations_per_server": {"http://127.0.0.1:1900/v1": 10},
             "concurrency": {"adaptive": False, "ceiling": 16, "workers": 1}, "server_events": []}
@@ -315,15 +323,17 @@ def wandb_service_pids() -> list[int]:
     return found
 
 
-def test_failing_trackers_are_one_warning_each_and_no_secret_is_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_failing_trackers_are_one_warning_each_and_no_secret_is_written(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("WANDB_MODE", "offline")  # the user's choice, with a key that must go nowhere
     monkeypatch.setenv("WANDB_API_KEY", SECRET)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")  # a tracking server that is down
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     out = tmp_path / "out"
     reporting = tr.Reporting(tr.TRACKERS, tr.Target(out, params=tr.params(SETTINGS)), secrets=[SECRET])
-    logged = lambda scale: reporting.log(100 * scale, launcher_summary(scale),
-                                         evaluation_folder(out / f"checkpoint-{100 * scale}", scale))
+    def logged(scale):
+        return reporting.log(100 * scale, launcher_summary(scale),
+                                             evaluation_folder(out / f"checkpoint-{100 * scale}", scale))
     first = logged(1)
     assert len(first) == 1 and first[0].startswith("--report-to mlflow: ") and "the evaluation goes on" in first[0]
     deadline = time.monotonic() + 10

@@ -12,8 +12,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from conftest import LAUNCHER, ROOT, STANDIN, run_launcher
 from test_trackers import check_rows, read_mlflow, read_tensorboard, read_wandb
+
+from conftest import LAUNCHER, ROOT, STANDIN, run_launcher
 from tau2_run_local.watch import checkpoint_state, find_checkpoints
 
 
@@ -95,7 +96,8 @@ def test_watch_evaluates_checkpoints_as_they_settle_and_resumes(tmp_path: Path):
     evaluated = [line.split("evaluating checkpoint ")[1].split()[0] for line in again.stdout.splitlines()
                  if "evaluating checkpoint" in line]
     assert evaluated == [str(half)]
-    assert (reward(out, "checkpoint-100"), reward(out, "checkpoint-200"), reward(out, "checkpoint-300")) == (0.0, 1.0, 1.0)
+    assert (reward(out, "checkpoint-100"), reward(out, "checkpoint-200"),
+            reward(out, "checkpoint-300")) == (0.0, 1.0, 1.0)
 
     # the leaderboard: checkpoints in order of creation, reward per domain, as a table and a plot
     rows = [line for line in (out / "leaderboard.md").read_text().splitlines() if line.startswith("| checkpoint-")]

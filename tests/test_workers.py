@@ -18,7 +18,7 @@ import pytest
 from conftest import LAUNCHER, ROOT, STANDIN
 
 sys.path.insert(0, str(STANDIN))
-from known_rewards import expected_reward  # noqa: E402
+from known_rewards import expected_reward  # noqa: E402  (tests/standin/, on sys.path above)
 
 from tau2_run_local.concurrency import Concurrency, make_concurrency, vllm_gauges
 from tau2_run_local.endpoint_file import write_model_config

@@ -172,7 +172,7 @@ CHAT_TEMPLATE = r"""
 {%- if add_generation_prompt -%}
     {{- '<|im_start|>assistant\n' -}}
 {%- endif -%}
-""".strip().replace("__DEFAULT_SYSTEM_PROMPT__", DEFAULT_SYSTEM_PROMPT)
+""".strip().replace("__DEFAULT_SYSTEM_PROMPT__", DEFAULT_SYSTEM_PROMPT)  # noqa: E501  (Qwen2.5's tool prompt, verbatim)
 
 
 def log(msg: str) -> None:
@@ -258,14 +258,14 @@ def import_gguf(cache: Path):
     and the active environment is left untouched.
     """
     try:
-        import gguf  # noqa: F401
+        import gguf
     except ImportError:
         target = cache / "pylib"
         if not (target / "gguf").is_dir():
             pip("install", "--quiet", "--no-deps", "--target", str(target), GGUF_PACKAGE)
         sys.path.insert(0, str(target))
-        import gguf  # noqa: F401
-    return sys.modules["gguf"]
+        import gguf
+    return gguf
 
 
 # --------------------------------------------------------------------------

@@ -43,7 +43,7 @@ PY = sys.executable
 TAU2 = str(Path(PY).parent / "tau2")
 LAUNCHER = ROOT / "run_local.py"
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from common import launcher_version, machine, start_standin, stop_group, timed  # noqa: E402
+from common import launcher_version, machine, start_standin, stop_group, timed  # noqa: E402  (benchmarks/, on sys.path above)
 
 DOMAIN = "retail"
 MAX_STEPS = 60
@@ -134,7 +134,8 @@ def main() -> int:
     doc = {
         "benchmark": "eval_overhead", "mode": "quick" if opts.quick else "full", "started_at": started,
         "launcher": version_at_start | {"run_local_py_unchanged_during_run":
-                                         launcher_version()["run_local_py_sha256"] == version_at_start["run_local_py_sha256"]},
+                                         launcher_version()["run_local_py_sha256"]
+                                         == version_at_start["run_local_py_sha256"]},
         "machine": machine(),
         "command": shlex.join([".venv/bin/python", "benchmarks/eval_overhead/run.py", *sys.argv[1:]]),
         "setup": {"domain": DOMAIN, "num_tasks": tasks, "max_steps": MAX_STEPS, "max_concurrency": CONCURRENCY,

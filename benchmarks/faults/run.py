@@ -34,8 +34,8 @@ ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "tests" / "standin"))
-from common import launcher_version, machine, start_standin, stop_group, timed  # noqa: E402
-from known_rewards import expected_reward  # noqa: E402
+from common import launcher_version, machine, start_standin, stop_group, timed  # noqa: E402  (benchmarks/, on sys.path above)
+from known_rewards import expected_reward  # noqa: E402  (tests/standin/, on sys.path above)
 
 DOMAIN, MAX_STEPS, CONCURRENCY = "retail", 60, 16
 USER_API_FAULTS = {"fault_role": "user", "429_rate": "0.25", "rate_limit": "1", "retry_after": "1",
@@ -59,14 +59,15 @@ def one_run(name: str, extra: list[str], tasks: int, scratch: Path, running: lis
         argv = [sys.executable, str(ROOT / "run_local.py"), "--skip-server-start", "--model-config-path", str(config),
                 "--user-llm", "standin", "--user-api-base", f"http://127.0.0.1:{user_port}/v1",
                 "--domains", DOMAIN, "--num-tasks", str(tasks), "--max-steps", str(MAX_STEPS),
-                "--max-concurrency", str(CONCURRENCY), "--output-dir", str(out), "--log-dir", str(scratch / f"{name}-logs"),
-                *extra]
+                "--max-concurrency", str(CONCURRENCY), "--output-dir", str(out),
+                "--log-dir", str(scratch / f"{name}-logs"), *extra]
         wall = timed(argv, scratch / f"{name}-launcher.log", {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"},
                      running, ok=(0, 1))  # 1: some simulations left undone, which is reported below
         refused = stats(user_port)
         from tau2.data_model.simulation import Results
         sims = Results.load(out / f"{DOMAIN}.json").simulations
-        wrong = [s.task_id for s in sims if s.reward_info.reward != expected_reward(DOMAIN, s.task_id, max_steps=MAX_STEPS)]
+        wrong = [s.task_id for s in sims
+                 if s.reward_info.reward != expected_reward(DOMAIN, s.task_id, max_steps=MAX_STEPS)]
         summary = json.loads((out / "summary.json").read_text())["domains"][DOMAIN]
         return {"wall_s": round(wall, 1), "user_calls_answered": refused["chat_requests"] - warm,
                 "user_calls_refused_429": refused["refused_429"], "user_calls_failed_500": refused["errors_500"],

@@ -42,7 +42,7 @@ HERE = Path(__file__).resolve().parent
 PY = sys.executable
 LAUNCHER = ROOT / "run_local.py"
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from common import launcher_version, machine, start_standin, stop_group, timed  # noqa: E402
+from common import launcher_version, machine, start_standin, stop_group, timed  # noqa: E402  (benchmarks/, on sys.path above)
 
 DOMAINS = ["retail", "telecom", "airline"]
 MAX_STEPS = 60
@@ -146,7 +146,8 @@ def main() -> int:
     doc = {
         "benchmark": "parallel_domains", "mode": "quick" if opts.quick else "full", "started_at": started,
         "launcher": version_at_start | {"run_local_py_unchanged_during_run":
-                                         launcher_version()["run_local_py_sha256"] == version_at_start["run_local_py_sha256"]},
+                                         launcher_version()["run_local_py_sha256"]
+                                         == version_at_start["run_local_py_sha256"]},
         "machine": machine(),
         "command": shlex.join([".venv/bin/python", "benchmarks/parallel_domains/run.py", *sys.argv[1:]]),
         "setup": {"domains": DOMAINS, "num_tasks_per_domain": tasks, "max_steps": MAX_STEPS,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-from tau2_run_local.executors.base import group_members
+from tau2_run_local.executors.base import group_members  # noqa: E402  (the checkout's package, on sys.path above)
 
 MODEL = ROOT / "models" / "smollm2-135m"
 

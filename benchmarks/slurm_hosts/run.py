@@ -79,7 +79,8 @@ def pytest_run(hosts: str) -> dict:
         parts = line.split()
         if len(parts) == 3 and parts[0].endswith("s") and parts[1] in ("setup", "teardown"):
             phases.setdefault(parts[1], {})[parts[2].split("::")[1].split("[")[0]] = float(parts[0][:-1])
-    return {"hosts": hosts, "call_s": calls, "setup_s": phases.get("setup", {}), "teardown_s": phases.get("teardown", {}),
+    return {"hosts": hosts, "call_s": calls, "setup_s": phases.get("setup", {}),
+            "teardown_s": phases.get("teardown", {}),
             "pytest_wall_s": round(wall, 2)}
 
 
@@ -97,11 +98,13 @@ def main() -> None:
     starts = [start_stop(hosts, nodes) for nodes in (2, 4) for _ in range(rounds) for hosts in ABBA]
     runs = [pytest_run(hosts) for hosts in (("same", "separate") if quick else ABBA)]
     cluster_means = {f"{hosts}, {nodes} nodes": {
-        key: mean([s[key] for s in starts if s["hosts"] == hosts and s["nodes"] == nodes]) for key in ("start_s", "stop_s")}
+        key: mean([s[key] for s in starts if s["hosts"] == hosts and s["nodes"] == nodes])
+        for key in ("start_s", "stop_s")}
         for nodes in (2, 4) for hosts in ("same", "separate")}
     network_means = {f"{nodes} nodes": {key: mean([n[key] for n in networks if n["nodes"] == nodes])
                                         for key in ("make_s", "remove_s")} for nodes in (2, 4)}
-    test_means = {test: {hosts: mean([r["call_s"][test] for r in runs if r["hosts"] == hosts]) for hosts in ("same", "separate")}
+    test_means = {test: {hosts: mean([r["call_s"][test] for r in runs if r["hosts"] == hosts])
+                         for hosts in ("same", "separate")}
                   for test in TESTS}
     total = {hosts: round(sum(test_means[t][hosts] for t in TESTS), 2) for hosts in ("same", "separate")}
     report = {
@@ -119,9 +122,11 @@ def main() -> None:
         "separate_vs_same_tests": round(total["separate"] / total["same"] - 1, 4),
         "machine": machine(), "launcher": launcher_version(),
     }
-    print(json.dumps({k: report[k] for k in ("network_means", "cluster_means", "test_call_means_s", "tests_total_call_s",
+    print(json.dumps({k: report[k] for k in ("network_means", "cluster_means", "test_call_means_s",
+                                             "tests_total_call_s",
                                              "separate_vs_same_tests")}, indent=2))
-    Path(__file__).with_name("results-quick.json" if quick else "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    results = Path(__file__).with_name("results-quick.json" if quick else "results.json")
+    results.write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -24,11 +24,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "tests" / "slurm"))
-import cluster  # noqa: E402
-from common import launcher_version, machine  # noqa: E402
+import cluster  # noqa: E402  (tests/slurm/, on sys.path above)
+from common import launcher_version, machine  # noqa: E402  (benchmarks/, on sys.path above)
 
 NODES, GPUS, SERVERS, DELAY_S = 4, 4, 16, "20"
-LOG_COPIES = Path(os.environ["BENCH_LOG_COPIES"]) if os.environ.get("BENCH_LOG_COPIES") else None  # launcher logs kept here
+# launcher logs kept here
+LOG_COPIES = Path(os.environ["BENCH_LOG_COPIES"]) if os.environ.get("BENCH_LOG_COPIES") else None
 
 
 def stamp(line: str) -> float:
@@ -74,9 +75,9 @@ def one_run(executor: str, env: dict[str, str]) -> dict:
                 raise SystemExit(log.read_text())
             time.sleep(0.05)
         lines = log.read_text().splitlines()
-        first_start = min(stamp(l) for l in lines if " started " in l)
-        all_serve = stamp(next(l for l in lines if "all servers serve" in l))
-        nodes = sorted({m.group(1) for l in lines if (m := re.search(r"server on (n\d+) port", l))})
+        first_start = min(stamp(line) for line in lines if " started " in line)
+        all_serve = stamp(next(line for line in lines if "all servers serve" in line))
+        nodes = sorted({m.group(1) for line in lines if (m := re.search(r"server on (n\d+) port", line))})
         time.sleep(2)  # simulations under way
         proc.send_signal(signal.SIGINT)
         sent = time.monotonic()

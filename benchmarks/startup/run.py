@@ -61,10 +61,10 @@ HERE = Path(__file__).resolve().parent
 PY = sys.executable
 LAUNCHER = ROOT / "run_local.py"
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from common import launcher_version, machine  # noqa: E402
+from common import launcher_version, machine  # noqa: E402  (benchmarks/, on sys.path above)
 
 sys.path.insert(0, str(ROOT))
-from tau2_run_local.host import port_is_free
+from tau2_run_local.host import port_is_free  # noqa: E402  (the checkout's package, on sys.path above)
 
 STANDIN = ROOT / "tests" / "standin"
 TINY_MODEL = ROOT / "models" / "smollm2-135m"
@@ -119,7 +119,7 @@ def cleanup_everything() -> None:
     """Launchers first (SIGTERM: they stop their own servers), then every group still standing."""
     with _lock:
         launchers = list(_launchers)
-    for proc, out in launchers:
+    for proc, _ in launchers:
         if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
@@ -525,7 +525,8 @@ def main() -> int:
     doc = {
         "benchmark": "startup", "mode": "quick" if opts.quick else "full", "started_at": started,
         "launcher": version_at_start | {"run_local_py_unchanged_during_run":
-                                         launcher_version()["run_local_py_sha256"] == version_at_start["run_local_py_sha256"]},
+                                         launcher_version()["run_local_py_sha256"]
+                                         == version_at_start["run_local_py_sha256"]},
         "took_s": round(time.monotonic() - began, 1), "machine": machine(),
         "command": shlex.join([".venv/bin/python", "benchmarks/startup/run.py", *sys.argv[1:]]),
         "seed_poll_interval_s": SEED_POLL_S, "quiet_wait_at_start": quiet,

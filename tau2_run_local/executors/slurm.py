@@ -45,10 +45,11 @@ class SlurmExecutor:
         with contextlib.suppress(OSError, subprocess.SubprocessError):
             out = subprocess.run(["squeue", "--steps", "--noheader", "--jobs", self.job_id, "--format=%i %j"],
                                  capture_output=True, text=True, env=self.env, timeout=60).stdout
-            return [tuple(line.split(None, 1)) for line in out.splitlines() if len(line.split(None, 1)) == 2]
+            return [(parts[0], parts[1]) for line in out.splitlines() if len(parts := line.split(None, 1)) == 2]
         return []
 
 
 def step_name_of(proc: subprocess.Popen) -> str:
     """The step name an srun process was given."""
-    return next((a.split("=", 1)[1] for a in proc.args if str(a).startswith("--job-name=")), "")
+    assert isinstance(proc.args, (list, tuple))  # start_process gives Popen the spec's argv
+    return next((str(a).split("=", 1)[1] for a in proc.args if str(a).startswith("--job-name=")), "")

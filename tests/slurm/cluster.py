@@ -184,7 +184,8 @@ def make_network(folder: Path, names: list[str]) -> Layout:
     if taken or there or Path(f"/sys/class/net/{UPLINK}").exists():
         raise RuntimeError(f"another separate-hosts cluster holds {SUBNET}.0/24, {UPLINK} or namespace(s) "
                            f"{', '.join(sorted(there))}: stop it (`python tests/slurm/cluster.py stop DIR`), or, "
-                           f"if it is a stale one, `ip link del {UPLINK}` and `ip netns del NAME` each of {', '.join(ours)}")
+                           f"if it is a stale one, `ip link del {UPLINK}` and `ip netns del NAME` each of "
+                           f"{', '.join(ours)}")
     net = Layout("separate")
     net.save(folder)
     ip("netns", "add", SWITCH)
@@ -333,7 +334,7 @@ def main() -> int:
         env = start(a.folder.resolve(), a.nodes, a.gpus, a.cpus, a.hosts)
         print(f"export SLURM_CONF={env['SLURM_CONF']}")
         net = layout(a.folder.resolve())
-        for name, ns in net.netns.items():
+        for name, _ns in net.netns.items():
             print(f"# node {name} at {net.addresses[name]}: {' '.join(net.on(name))} CMD")
     else:
         stop(a.folder.resolve())

@@ -117,7 +117,7 @@ Traceback (most recent call last):
   File "/usr/local/lib/python3.12/dist-packages/vllm/v1/engine/utils.py", line 723, in wait_for_engine_startup
     raise RuntimeError("Engine core initialization failed. "
 RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {{'EngineCore_0': 1}}
-"""
+"""  # noqa: E501  (vLLM's own text, verbatim)
 
 _TAG_RE = re.compile(r"\[domain:([^\]\s]+)\]\s*\[task:(.+?)\](?:\s|$)")
 _SCENARIO_RE = re.compile(r"<scenario>\n(.*)\n</scenario>", re.DOTALL)
@@ -281,7 +281,8 @@ def agent_turn(messages: list[dict], tools: list | None, conv_key: str) -> tuple
             name = ((tools or [{}])[0].get("function") or {}).get("name", "unknown_tool")
             args = '{"query": "x"}'
         broken = args[: max(1, len(args) // 2)]  # truncated object -> never valid JSON
-        return {"content": None, "tool_calls": [_tool_call(f"chatcmpl-tool-{conv_key[:12]}-0", name, broken)]}, f"{ts}/{tid}"
+        return ({"content": None, "tool_calls": [_tool_call(f"chatcmpl-tool-{conv_key[:12]}-0", name, broken)]},
+                f"{ts}/{tid}")
 
     solved = not id_listed(ts, tid, _id_list("STANDIN_FAIL_TASKS"))
     actions, final_text = agent_plan(task, solved)
@@ -364,7 +365,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_message(self, fmt, *args):  # uvicorn-like access log, stdout
         if _env("STANDIN_QUIET") != "1":
-            sys.stdout.write("INFO:     %s - %s\n" % (self.client_address[0], fmt % args))
+            sys.stdout.write(f"INFO:     {self.client_address[0]} - {fmt % args}\n")
             sys.stdout.flush()
 
     def _send(self, code: int, obj) -> None:
@@ -420,14 +421,17 @@ class Handler(BaseHTTPRequestHandler):
         try:
             req = json.loads(raw or b"{}")
         except json.JSONDecodeError as e:
-            self._send(400, {"object": "error", "message": f"invalid JSON body: {e}", "type": "BadRequestError", "param": None, "code": 400})
+            self._send(400, {"object": "error", "message": f"invalid JSON body: {e}", "type": "BadRequestError",
+                             "param": None, "code": 400})
             return
         if req.get("stream"):
-            self._send(400, {"object": "error", "message": "stand-in does not support streaming", "type": "BadRequestError", "param": None, "code": 400})
+            self._send(400, {"object": "error", "message": "stand-in does not support streaming",
+                             "type": "BadRequestError", "param": None, "code": 400})
             return
         model = req.get("model")
         if model not in self.state.served_names:
-            self._send(404, {"object": "error", "message": f"The model `{model}` does not exist.", "type": "NotFoundError", "param": None, "code": 404})
+            self._send(404, {"object": "error", "message": f"The model `{model}` does not exist.",
+                             "type": "NotFoundError", "param": None, "code": 404})
             return
         self._chat(req)
 
@@ -493,10 +497,12 @@ class Handler(BaseHTTPRequestHandler):
                 msg, task_ref = {"content": UNKNOWN_TEXT}, None
         except Exception as e:  # never 500 silently: report like vLLM would
             log(f"standin: error building reply: {e!r}")
-            self._send(500, {"object": "error", "message": repr(e), "type": "InternalServerError", "param": None, "code": 500})
+            self._send(500, {"object": "error", "message": repr(e), "type": "InternalServerError", "param": None,
+                             "code": 500})
             return
         if task_ref and msg.get("content") != STOP_TOKEN and id_listed(
-                *task_ref.split("/", 1), _id_list("STANDIN_CONTEXT_OVERFLOW" if role == "agent" else "STANDIN_USER_OVERFLOW")):
+                *task_ref.split("/", 1),
+                _id_list("STANDIN_CONTEXT_OVERFLOW" if role == "agent" else "STANDIN_USER_OVERFLOW")):
             self._send(400, {"object": "error", "type": "BadRequestError", "param": None, "code": 400, "message":
                              "This model's maximum context length is 8192 tokens. However, you requested 9000 "
                              "tokens (8800 in the messages, 200 in the completion). Please reduce the length of "
@@ -543,7 +549,8 @@ class Handler(BaseHTTPRequestHandler):
         self._send(200, resp)
         if st.crash_after and served >= st.crash_after:
             log("ERROR: EngineCore encountered a fatal error. (stand-in STANDIN_CRASH_AFTER="
-                f"{st.crash_after} reached)\nvllm.v1.engine.exceptions.EngineDeadError: EngineCore encountered an issue.")
+                f"{st.crash_after} reached)\n"
+                "vllm.v1.engine.exceptions.EngineDeadError: EngineCore encountered an issue.")
             os._exit(1)
 
 
@@ -595,7 +602,7 @@ def main(argv=None) -> None:
             with open(marker, "w") as f:
                 f.write(f"{os.getpid()}\n")
             sys.stderr.write("Traceback (most recent call last):\n"
-                             '  File "/usr/local/lib/python3.12/dist-packages/vllm/v1/core/kv_cache_utils.py", line 699, in check_enough_kv_cache_memory\n'
+                             '  File "/usr/local/lib/python3.12/dist-packages/vllm/v1/core/kv_cache_utils.py", line 699, in check_enough_kv_cache_memory\n'  # noqa: E501  (vLLM's own text, verbatim)
                              f"{KV_RACE_MESSAGE}\n")
             sys.stderr.flush()
             sys.exit(1)

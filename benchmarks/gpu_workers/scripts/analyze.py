@@ -19,7 +19,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(HERE.parents[1]))
-from tau2_run_local.scoring import unparsed_tool_calls
+from tau2_run_local.scoring import unparsed_tool_calls  # noqa: E402  (the checkout's package, on sys.path above)
 
 
 def stamp(text: str) -> float:

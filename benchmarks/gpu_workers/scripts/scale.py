@@ -19,9 +19,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
-from tau2_run_local.endpoint_file import write_model_config
-from tau2_run_local.plan import endpoint_url
-from tau2_run_local.readiness import serves
+from tau2_run_local.endpoint_file import write_model_config  # noqa: E402  (the checkout's package, on sys.path above)
+from tau2_run_local.plan import endpoint_url  # noqa: E402  (the checkout's package, on sys.path above)
+from tau2_run_local.readiness import serves  # noqa: E402  (the checkout's package, on sys.path above)
 
 PORTS = [8201, 8202, 8203, 8204]
 FAILED = "retail/3,retail/8,airline/5"
@@ -41,7 +41,8 @@ def fingerprint(folder: Path) -> dict[str, list]:
     found = {}
     for domain in ("retail", "airline"):
         for s in json.loads((folder / f"{domain}.json").read_text())["simulations"]:
-            found[f"{domain}/{s['task_id']}"] = [s["reward_info"]["reward"], len(s["messages"]), s["termination_reason"]]
+            found[f"{domain}/{s['task_id']}"] = [s["reward_info"]["reward"], len(s["messages"]),
+                                                 s["termination_reason"]]
     return found
 
 
@@ -67,7 +68,7 @@ def main() -> None:
                          "avg_reward": summary["overall"]["avg_reward"],
                          "llm_calls": sum(len([m for m in s["messages"] if m["role"] in ("assistant", "user")])
                                           for d in ("retail", "airline")
-                                          for s in json.loads((work / f"w{n}" / f"{d}.json").read_text())["simulations"]),
+                                          for s in json.loads((work / f"w{n}/{d}.json").read_text())["simulations"]),
                          "peak_in_flight": summary["concurrency"]["peak_in_flight"]})
             print(json.dumps(runs[-1]), flush=True)
             if rc:

@@ -10,7 +10,7 @@ _STANDIN_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(o
 if _STANDIN_DIR not in sys.path:
     sys.path.insert(0, _STANDIN_DIR)
 
-import standin_server  # noqa: E402
+import standin_server  # noqa: E402  (tests/standin/, on sys.path above)
 
 if __name__ == "__main__":
     standin_server.main(sys.argv[1:])
