@@ -50,6 +50,8 @@ def describe_plan(plan: Plan) -> str:
                  + (f"concurrency adaptive, {make_concurrency(plan).target} at first, at most {e.max_concurrency}"
                     if e.adaptive_concurrency else f"concurrency {e.max_concurrency}")
                  + f"{', domains in parallel' if e.parallel_domains else ''}, "
+                 + ("deterministic (batch-invariant servers, sampling seeded per simulation), " if e.deterministic
+                    else "")
                  + (f"{e.workers} worker processes" if e.workers > 1 else "in the launcher's process")
                  + f"; results in {e.output_dir}")
     lines.append("benchmark: stock τ²-bench run_task per simulation, each conversation on the least busy "

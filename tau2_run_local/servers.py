@@ -78,7 +78,7 @@ def step_name(port: int) -> str:
 
 
 def server_env(gpus: tuple[str, ...], lane: int, cache_root: str, cpu_kv_gib: str,
-               pin: bool = True, together: int = 0) -> tuple[tuple[str, str], ...]:
+               pin: bool = True, together: int = 0, deterministic: bool = False) -> tuple[tuple[str, str], ...]:
     """Per-server environment: its GPUs (unless SLURM pins them), and a compile cache per lane.
 
     Servers of one lane start one after another, so the first warms the cache for the rest; lanes start
@@ -89,7 +89,8 @@ def server_env(gpus: tuple[str, ...], lane: int, cache_root: str, cpu_kv_gib: st
     """
     cache = ("VLLM_CACHE_ROOT", f"{cache_root}/run_local/lane{lane}" + (f"-{together}" if together else ""))
     if gpus:
-        return (("CUDA_VISIBLE_DEVICES", ",".join(gpus)), cache) if pin else (cache,)
+        invariant = (("VLLM_BATCH_INVARIANT", "1"),) if deterministic else ()
+        return ((("CUDA_VISIBLE_DEVICES", ",".join(gpus)), cache) if pin else (cache,)) + invariant
     return (("VLLM_CPU_KVCACHE_SPACE", cpu_kv_gib), cache)
 
 
@@ -132,6 +133,7 @@ def build_servers(request: Request, pools: Sequence[PoolSettings], nodes: Sequen
         if slurm:
             argv = srun_argv(node, port, len(gpus), cpus[node]) + argv
         specs.append(ServerSpec(pool.role, pool.model, pool.served_name, host, port, gpus, lane, argv,
-                                server_env(gpus, lane, cache_root, cpu_kv_gib, pin=not slurm, together=together),
+                                server_env(gpus, lane, cache_root, cpu_kv_gib, pin=not slurm, together=together,
+                                           deterministic=request.deterministic),
                                 node, address[node], kv))
     return tuple(specs)

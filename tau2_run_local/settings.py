@@ -112,6 +112,7 @@ class Request:
     agent: str
     user: str
     parallel_domains: bool
+    deterministic: bool
     overwrite: bool
     output_dir: str
     # experts: models the agent can hand a turn to (the orchestration setting)
@@ -244,6 +245,11 @@ class Request:
                             "(default: llm_agent; llm_agent_solo needs --user dummy_user)")
         e.add_argument("--user", choices=USERS, default="user_simulator",
                        help="τ²-bench's user implementation (default: user_simulator)")
+        e.add_argument("--deterministic", action="store_true",
+                       help="batch-invariant servers (VLLM_BATCH_INVARIANT=1: outputs independent of batch size and "
+                            "order) and sampling seeded per simulation, so two runs give the same trajectories task "
+                            "for task; needs GPUs of compute capability 9.0 or newer (refused elsewhere). Without it, "
+                            "compare runs statistically (--compare)")
         e.add_argument("--parallel-domains", action="store_true",
                        help="run all domains at once over the shared servers")
         e.add_argument("--overwrite", action="store_true",

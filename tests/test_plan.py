@@ -346,3 +346,64 @@ def test_the_open_file_limit_is_raised_to_the_hard_one():
                          cwd=ROOT).stdout.split()
     soft, hard = int(out[0]), int(out[1])
     assert soft > 64 and soft == (hard if hard != -1 else 1 << 20)
+
+
+def test_deterministic_needs_started_servers_on_hopper_gpus_with_a_batch_invariant_vllm():
+    def on(caps: dict[str, float], *argv: str, invariant: bool = True) -> Plan:
+        return build_plan(parse("--deterministic", "--num-servers", "2", *argv),
+                          Host(this_machine(tuple(caps)), iter(range(1900, 2000)), "/cache", gpu_compute=caps,
+                               batch_invariant_vllm=invariant))
+
+    p = on({"0": 9.0, "1": 9.0})
+    assert all(dict(s.env)["VLLM_BATCH_INVARIANT"] == "1" for s in p.servers) and p.eval.deterministic
+    assert "VLLM_BATCH_INVARIANT" not in dict(plan().servers[0].env)  # only when asked
+    with pytest.raises(UsageError, match="compute capability 9.0 or newer .* port 1901 has GPUs 1"):
+        on({"0": 9.0, "1": 8.0})
+    with pytest.raises(UsageError, match="no batch invariance"):
+        on({"0": 9.0, "1": 9.0}, invariant=False)
+    with pytest.raises(UsageError, match="has no GPU"):
+        build_plan(parse("--deterministic"), Host(this_machine(()), iter(range(1900, 2000)), "/cache",
+                                                  batch_invariant_vllm=True))
+    with pytest.raises(UsageError, match="servers this run starts"):
+        build_plan(parse_request(["--skip-server-start", "--deterministic"], {}),
+                   Host((), iter(()), "/cache", {"m": ("http://127.0.0.1:1/v1",)}, batch_invariant_vllm=True))
+
+
+def test_deterministic_seeds_each_simulations_sampling_unless_the_user_did():
+    from collections import Counter
+
+    from tau2_run_local.evaluation import Evaluation
+    from tau2_run_local.results import Job
+    from tau2_run_local.routing import Router
+
+    class Tau2:  # records what τ²-bench's run_task is handed
+        calls: list[dict] = []
+
+        def run_task(self, **kwargs):
+            self.calls.append(kwargs)
+            return type("Simulation", (), {})()
+
+    def sampled(*argv: str) -> tuple[dict, dict]:
+        p = build_plan(parse_request(["--skip-server-start", *argv], {}),
+                       Host((), iter(()), "/cache", {"m": ("http://127.0.0.1:1/v1",)}))
+        tau2 = Tau2()
+        ev = Evaluation(tau2, p, Router(p.agent_urls), Router(p.user_urls), {}, say=lambda text: None)
+        outcome = ev.run_one(Job("mock", type("Task", (), {"id": "t"})(), 0, 4242))
+        assert outcome.stop_domain is None and outcome.stats == Counter()
+        return tau2.calls[-1]["llm_args_agent"], tau2.calls[-1]["llm_args_user"]
+
+    plain = sampled("--user-llm", "m")
+    assert "seed" not in plain[0] and "seed" not in plain[1]
+    # a plan with --deterministic needs started servers; the seeding itself is the evaluation's, checked here
+    from dataclasses import replace
+    p = build_plan(parse_request(["--skip-server-start", "--user-llm", "m"], {}),
+                   Host((), iter(()), "/cache", {"m": ("http://127.0.0.1:1/v1",)}))
+    p = replace(p, eval=replace(p.eval, deterministic=True))
+    tau2 = Tau2()
+    Evaluation(tau2, p, Router(p.agent_urls), Router(p.user_urls), {}, say=lambda text: None).run_one(
+        Job("mock", type("Task", (), {"id": "t"})(), 0, 4242))
+    assert tau2.calls[-1]["llm_args_agent"]["seed"] == 4242 and tau2.calls[-1]["llm_args_user"]["seed"] == 4242
+    p = replace(p, eval=replace(p.eval, agent_llm_args={"temperature": 0.0, "seed": 7}))
+    Evaluation(tau2, p, Router(p.agent_urls), Router(p.user_urls), {}, say=lambda text: None).run_one(
+        Job("mock", type("Task", (), {"id": "t"})(), 0, 4242))
+    assert tau2.calls[-1]["llm_args_agent"]["seed"] == 7  # the user's own seed wins
