@@ -17,6 +17,8 @@ from .settings import Request
 from .util import atomic_write, now_iso
 
 BOOTSTRAP_RESAMPLES = 2000
+CHANCE = ("Runs made without --deterministic differ by chance too (vLLM's batching changes greedy decoding): "
+          "judge a difference by its interval, not by flipped tasks alone.")
 
 
 @dataclass(frozen=True)
@@ -149,7 +151,7 @@ def compare_markdown(table: dict[str, Any]) -> str:
     lines = ["# Checkpoints side by side", "",
              f"Baseline: `{names[0]}`. Intervals: 95%, bootstrap over tasks ({table['resamples']} resamples). "
              "Reward: the mean over tasks of each task's average reward. A task is solved when at least half "
-             "of its trials succeed.", ""]
+             f"of its trials succeed. {CHANCE}", ""]
     for metric in table["metrics"]:
         head = ["folder", *table["scopes"]]
         lines += [f"## {metric}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -198,7 +200,8 @@ def compare_html(table: dict[str, Any]) -> str:
     names = table["folders"]
     parts = ["<h1>Checkpoints side by side</h1>",
              f'<p class="meta">baseline: {esc(names[0])} · intervals: 95%, bootstrap over tasks '
-             f'({table["resamples"]} resamples) · written {esc(now_iso())}</p>', compare_plot(table)]
+             f'({table["resamples"]} resamples) · written {esc(now_iso())}</p><p>{esc(CHANCE)}</p>',
+             compare_plot(table)]
 
     def grid(title: str, rows: list[tuple[str, dict[str, Any]]], metric: str, signed: bool) -> str:
         head = "".join(f"<th>{esc(s)}</th>" for s in table["scopes"])
@@ -260,5 +263,5 @@ def compare_outputs(request: Request, console: Any) -> int:
     atomic_write(out / "compare.html", compare_html(table))
     atomic_write(out / "compare.json", json.dumps(table, indent=2) + "\n")
     print_comparison(console, table)
-    console.print(f"comparison in {out}/ (compare.md, compare.html, compare.json)", markup=False)
+    console.print(f"comparison in {out}/ (compare.md, compare.html, compare.json). {CHANCE}", markup=False)
     return 0
