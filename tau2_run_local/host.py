@@ -69,9 +69,12 @@ def model_weight_bytes(*folders: str | None) -> dict[str, int]:
 
 
 def port_is_free(host: str, port: int) -> bool:
-    """True when nothing listens there. Binding without SO_REUSEPORT fails even where vLLM set it."""
+    """True when nothing listens there. Binding without SO_REUSEPORT fails even where vLLM set it; with
+    SO_REUSEADDR, as vLLM's own server binds, the connections of a server that just stopped (TIME_WAIT, for
+    a minute) do not count: a rerun right after a run was refused "port in use" on a GPU machine."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:

@@ -407,3 +407,24 @@ def test_deterministic_seeds_each_simulations_sampling_unless_the_user_did():
     Evaluation(tau2, p, Router(p.agent_urls), Router(p.user_urls), {}, say=lambda text: None).run_one(
         Job("mock", type("Task", (), {"id": "t"})(), 0, 4242))
     assert tau2.calls[-1]["llm_args_agent"]["seed"] == 7  # the user's own seed wins
+
+
+def test_a_port_is_free_while_only_a_stopped_servers_connections_linger():
+    """A rerun right after a run: the old server's connections sit in TIME_WAIT, and its port is free; a
+    port something listens on is not."""
+    import socket
+
+    from tau2_run_local.host import port_is_free
+
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    assert not port_is_free("127.0.0.1", port)
+    client = socket.create_connection(("127.0.0.1", port))
+    accepted, _ = server.accept()
+    accepted.close()  # the server side closes first: its end goes to TIME_WAIT
+    client.close()
+    server.close()
+    assert port_is_free("127.0.0.1", port)
