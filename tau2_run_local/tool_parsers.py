@@ -82,7 +82,7 @@ def choose_parsers(model_dir: str | Path, chat_template: str | Path | None = Non
                             f"{BUILD_RECORD} (written by tools/make_tool_model.py) says to serve it with "
                             f"--tool-call-parser {tool}", True)
     found = next(((parser, what) for parser, what, test in TEMPLATE_FORMATS if test(template)), None)
-    if (found is None or found[0] == "hermes") and model_type not in LLAMA_TYPES and PYTHON_TAG in _vocabulary(folder):
+    if (found is None or found[0] == "hermes") and model_type not in LLAMA_TYPES and _has_token(folder, PYTHON_TAG):
         # Only Llama's vocabulary has this token of its own; in another it was put there for llama3_json,
         # which refuses to start without it (tools/make_tool_model.py does this for a bare-JSON model).
         return ParserChoice("llama3_json", reasoning,
@@ -121,8 +121,6 @@ def _reasoning_parser(template: str, model_type: str) -> str | None:
     """The reasoning parser for a template that thinks; None when it does not."""
     if "<|channel|>" in template and "<|call|>" in template:
         return "openai_gptoss"
-    if "[THINK]" in template:
-        return "mistral"
     if "<think>" not in template and "</think>" not in template:
         return None
     if "<arg_key>" in template or model_type.startswith("glm4"):
@@ -144,13 +142,14 @@ def _recorded_parsers(folder: Path) -> tuple[str, str | None] | None:
     return (tool.group(1), reasoning.group(1) if reasoning else None) if tool else None
 
 
-def _vocabulary(folder: Path) -> set[str]:
-    """The added tokens of the tokenizer files (where control tokens such as <|python_tag|> live)."""
-    tokens = {str(t.get("content")) for t in _json(folder / "tokenizer_config.json").get("added_tokens_decoder", {}).values()
-              if isinstance(t, dict)}
-    tokens |= {str(t.get("content")) for t in _json(folder / "tokenizer.json").get("added_tokens", [])
-               if isinstance(t, dict)}
-    return tokens
+def _has_token(folder: Path, token: str) -> bool:
+    """Whether the tokenizer files add this token (where control tokens such as <|python_tag|> live);
+    tokenizer.json, often many megabytes, is read only when tokenizer_config.json does not say."""
+    decoder = _json(folder / "tokenizer_config.json").get("added_tokens_decoder")
+    if isinstance(decoder, dict) and any(isinstance(t, dict) and t.get("content") == token for t in decoder.values()):
+        return True
+    added = _json(folder / "tokenizer.json").get("added_tokens")
+    return isinstance(added, list) and any(isinstance(t, dict) and t.get("content") == token for t in added)
 
 
 def _json(path: Path) -> dict:

@@ -114,6 +114,12 @@ def test_the_tool_model_builders_folders_get_llama3_json(tool_model: Path, tmp_p
     choice = choose_parsers(copy)
     assert choice.tool_call_parser == "llama3_json" and "<|python_tag|>" in choice.evidence
     assert "qwen2" in choice.evidence
+    config = json.loads((copy / "tokenizer_config.json").read_text())
+    del config["added_tokens_decoder"]  # then tokenizer.json's added tokens tell
+    (copy / "tokenizer_config.json").write_text(json.dumps(config))
+    assert choose_parsers(copy).tool_call_parser == "llama3_json"
+    (copy / "tokenizer.json").unlink()
+    assert choose_parsers(copy).tool_call_parser == "hermes"  # what its template alone says
 
 
 def test_vllm_parsers_reads_the_installed_vllm():
