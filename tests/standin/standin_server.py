@@ -14,6 +14,9 @@ It plays BOTH roles of a tau2-bench simulation from one endpoint:
   replays the task's gold actions (requestor == "assistant") as one tool call per
   turn, then sends one final text message (which quotes the task's
   ``communicate_info``).  Tasks listed in STANDIN_FAIL_TASKS get only a refusal.
+  A first turn that names no task (the launcher's preflight probes) gets one tool
+  call, as a model that calls tools answers it: the first gold action of the first
+  task whose gold actions all use tools the request offers.
 * anything else   - a short fixed text reply ("OK.") - handy for smoke checks.
 
 Several tau2 tasks share an identical user scenario (e.g. mock create_task_1*,
@@ -227,6 +230,21 @@ def _tool_call(call_id: str, name: str, arguments: str) -> dict:
     return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
 
 
+def probe_turn(messages: list[dict], tools: list | None) -> dict | None:
+    """A first turn that names no task: the first gold action of the first task whose gold actions all use
+    tools offered here; None once the conversation holds a call, or when no task fits."""
+    if any(m.get("role") == "tool" or m.get("tool_calls") for m in messages):
+        return None
+    offered = {(t.get("function") or {}).get("name") for t in tools or []}
+    for ts in task_sets():
+        for task in load_task_set(ts):
+            actions, _ = agent_plan(task, True)
+            if actions and all(a.name in offered for a in actions):
+                return {"content": None, "tool_calls": [_tool_call("chatcmpl-tool-probe-0", actions[0].name,
+                                                                   json.dumps(actions[0].arguments))]}
+    return None
+
+
 def miss_parsers(msg: dict) -> dict:
     """The reply as vLLM passes it on when its parsers do not read the model (STANDIN_TOOL_CALLS_AS_TEXT,
     STANDIN_THINK); unchanged when neither is set."""
@@ -280,7 +298,7 @@ def agent_turn(messages: list[dict], tools: list | None, conv_key: str) -> tuple
             if mt:
                 tag_idx, tag = i, (mt.group(1), mt.group(2))
     if tag is None:
-        return {"content": FAIL_TEXT}, None
+        return probe_turn(messages, tools) or {"content": FAIL_TEXT}, None
     ts, tid = tag
     task = None
     try:
