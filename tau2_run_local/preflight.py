@@ -11,8 +11,8 @@ the replies into one verdict whose message names the flag to change and shows th
 from __future__ import annotations
 
 import concurrent.futures as futures
+import functools
 import json
-import os
 import re
 import urllib.error
 import urllib.request
@@ -20,6 +20,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .tau2_loader import offline_cost_map
 
 # First user turns that need a tool, with ids from each domain's own tasks and database.
 AGENT_TURNS = {
@@ -70,7 +72,8 @@ class Reply:
 
 @dataclass(frozen=True)
 class Verdict:
-    """kind: 'ok'; a warning: 'no_tool_call' (text answers only), 'truncated' (a call cut at max_tokens);
+    """kind: 'ok'; a warning: 'no_tool_call' (text answers only), 'truncated' (a call cut at max_tokens),
+    'malformed' (a call in the servers' own parser's format that it did not parse: no flag fixes that);
     or one that should stop the run: 'parser', 'context', 'thinking', 'unusable'. message: one line,
     naming the flag to change and the evidence."""
 
@@ -85,8 +88,8 @@ class Verdict:
 def probe_requests(domain: str, role: str = "agent", turns: Sequence[str] | None = None) -> list[ProbeRequest]:
     """The run's own first calls of a role, one per turn: the system prompt and tools of τ²-bench's
     LLMAgent (or of its UserSimulator with the user's tools, for a domain whose user has tools), after
-    the orchestrator's greeting."""
-    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # τ²-bench's litellm: no price-map download
+    the orchestrator's greeting. A user without tools makes one call, its opening, with no tools."""
+    offline_cost_map()
     from tau2.agent.llm_agent import LLMAgent
     from tau2.orchestrator.orchestrator import DEFAULT_FIRST_AGENT_MESSAGE
     from tau2.registry import registry
@@ -100,11 +103,12 @@ def probe_requests(domain: str, role: str = "agent", turns: Sequence[str] | None
         history = [{"role": "assistant", "content": greeting}]
         turns = turns or AGENT_TURNS.get(domain)
     elif role == "user":
-        if env.user_tools is None:
-            raise ValueError(f"{domain}: the user simulator has no tools; probe its pool as the agent's")
-        tools = env.get_user_tools()
+        tools = env.get_user_tools() if env.user_tools is not None else []
         task = registry.get_tasks_loader(domain)()[0]
-        system = UserSimulator(tools=tools, instructions=str(task.user_scenario)).system_prompt
+        system = UserSimulator(tools=tools or None, instructions=str(task.user_scenario)).system_prompt
+        if not tools:  # the user's opening, answering the greeting (which it sees as 'user')
+            return [ProbeRequest(domain, role, ({"role": "system", "content": system},
+                                                {"role": "user", "content": greeting}), ())]
         # the user simulator sees the conversation with roles flipped: the agent speaks as 'user'
         history = [{"role": "user", "content": greeting}, {"role": "assistant", "content": USER_OPENING}]
         turns = turns or USER_TURNS
@@ -115,6 +119,12 @@ def probe_requests(domain: str, role: str = "agent", turns: Sequence[str] | None
     schemas = tuple(tool.openai_schema for tool in tools)
     return [ProbeRequest(domain, role, ({"role": "system", "content": system}, *history,
                                         {"role": "user", "content": turn}), schemas) for turn in turns]
+
+
+@functools.lru_cache(maxsize=32)
+def first_requests(domain: str, role: str = "agent") -> tuple[ProbeRequest, ...]:
+    """probe_requests with the default turns, built once a process (a domain's environment takes a while)."""
+    return tuple(probe_requests(domain, role))
 
 
 def request_body(model: str, request: ProbeRequest, sampling: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -231,10 +241,12 @@ def context_numbers(message: str) -> tuple[int | None, int | None, bool]:
     return None, context, False
 
 
-def judge(replies: Sequence[Reply], tool_call_parser: str, reasoning_parser: str | None = None,
-          max_tokens: int | None = None, prompt_tokens: int | None = None) -> Verdict:
-    """One verdict for a pool's probe replies. max_tokens: the run's reply cap; prompt_tokens: the first
-    turn's count by the checkpoint's tokenizer (first_turn_tokens), if known, for the context advice."""
+def judge(replies: Sequence[Reply], tool_call_parser: str | None, reasoning_parser: str | None = None,
+          max_tokens: int | None = None, prompt_tokens: int | None = None, expect_calls: bool = True) -> Verdict:
+    """One verdict for a pool's probe replies. tool_call_parser: the servers' (None: servers this run did
+    not start); max_tokens: the run's reply cap; prompt_tokens: the first turn's count by the checkpoint's
+    tokenizer (first_turn_tokens), if known, for the context advice; expect_calls: False for probes that
+    offer no tools (a user simulator's opening), whose answer is text."""
     m = len(replies)
     overflow = next((r for r in replies if r.status == 400 and r.error
                      and any(k in r.error.lower() for k in CONTEXT_MARKERS)), None)
@@ -249,7 +261,9 @@ def judge(replies: Sequence[Reply], tool_call_parser: str, reasoning_parser: str
                    str(failed[0].error)
         return Verdict("unusable", f"no usable reply to {m} probe(s): {_short(said, 300)}; read the server's log "
                                    f"(a flag the model refuses, a wrong --served-model-name or API key?)")
-    as_text = [(r, found) for r in answered if not r.tool_calls and (found := tool_call_format(r.content))]
+    parser = tool_call_parser or "the servers' parser"
+    as_text = [(r, found) for r in answered if expect_calls and not r.tool_calls
+               and (found := tool_call_format(r.content))]
     if as_text:
         reply, (what, fits) = as_text[0]
         seen = f"{len(as_text)} of {m} probe replies carry a tool call as text, not as tool_calls ({what}: " \
@@ -258,9 +272,9 @@ def judge(replies: Sequence[Reply], tool_call_parser: str, reasoning_parser: str
             return Verdict("truncated", f"--max-new-tokens: {seen}; the reply was cut at max_tokens before the "
                                         f"call was complete: allow longer replies")
         if fits == tool_call_parser:
-            return Verdict("parser", f"--tool-call-parser: {seen}; it looks like {fits}'s format, yet the "
-                                     f"servers' {fits} did not parse it (a malformed call? their log says why)")
-        return Verdict("parser", f"--tool-call-parser: {seen}; {tool_call_parser} does not read this model's "
+            return Verdict("malformed", f"--tool-call-parser: {seen}; it looks like {fits}'s format, yet the "
+                                        f"servers' {fits} did not parse it (a malformed call? their log says why)")
+        return Verdict("parser", f"--tool-call-parser: {seen}; {parser} does not read this model's "
                                  f"calls: serve it with --tool-call-parser {fits}")
     thinking = [r for r in answered if any(t in (r.content or "") for t in THINK_MARKERS)]
     if thinking:
@@ -274,12 +288,15 @@ def judge(replies: Sequence[Reply], tool_call_parser: str, reasoning_parser: str
                                    f"...) or turn its thinking off in the chat template")
     called = sum(1 for r in answered if r.tool_calls)
     errors = f"; {len(failed)} probe(s) failed: {_short(failed[0].error or '', 200)}" if failed else ""
+    named = f"--tool-call-parser {tool_call_parser}" if tool_call_parser else parser
     if called:
-        return Verdict("ok", f"tool calls parsed in {called} of {m} probes (--tool-call-parser {tool_call_parser})"
-                             f"{errors}")
+        return Verdict("ok", f"tool calls parsed in {called} of {m} probes" + (f" ({named})" if tool_call_parser
+                                                                              else "") + errors)
+    if not expect_calls:
+        return Verdict("ok", f"answered in text in {len(answered)} of {m} probes{errors}")
     return Verdict("no_tool_call", f"no tool call in {m} probes, each a turn that needs one: the model answered "
-                                   f"in text ({_short(answered[0].content)!r}){errors}; with --tool-call-parser "
-                                   f"{tool_call_parser} that is the model's own doing or a format not known here")
+                                   f"in text ({_short(answered[0].content)!r}){errors}; with {named} that is the "
+                                   f"model's own doing or a format not known here")
 
 
 def _context_verdict(error: str, max_tokens: int | None, prompt_tokens: int | None) -> Verdict:
@@ -305,11 +322,70 @@ def first_turn_tokens(model_dir: str | Path, domain: str, role: str = "agent",
                       chat_template: str | Path | None = None) -> int:
     """Tokens of a domain's first turn as the servers see it: the checkpoint's own tokenizer with its
     chat template (or --chat-template's) applied to τ²-bench's system prompt, tools and first messages."""
+    request = first_requests(domain, role)[0]
+    messages, tools = list(request.messages), list(request.tools) or None
+    fast = _count_without_transformers(Path(model_dir), messages, tools, chat_template)
+    if fast is not None:
+        return fast
+    template = {"chat_template": Path(chat_template).read_text()} if chat_template else {}
+    ids = _tokenizer(str(model_dir)).apply_chat_template(messages, tools=tools, add_generation_prompt=True,
+                                                         tokenize=True, **template)
+    return len(ids["input_ids"] if isinstance(ids, Mapping) else ids)
+
+
+SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+
+
+def _count_without_transformers(folder: Path, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
+                                chat_template: str | Path | None) -> int | None:
+    """apply_chat_template's count without importing transformers (seconds): the template rendered as
+    transformers renders it (jinja2 sandbox, trim_blocks, lstrip_blocks, its tojson, raise_exception,
+    strftime_now, the special tokens), encoded by tokenizer.json with no special tokens added. None where
+    that is not the whole story: no tokenizer.json, named templates, a template that needs more."""
+    import datetime
+
+    import jinja2
+    import jinja2.ext
+    import jinja2.sandbox
+    from tokenizers import Tokenizer
+
+    config = _json_file(folder / "tokenizer_config.json")
+    template = (Path(chat_template).read_text() if chat_template else (folder / "chat_template.jinja").read_text()
+                if (folder / "chat_template.jinja").is_file() else config.get("chat_template"))
+    if not isinstance(template, str) or not (folder / "tokenizer.json").is_file():
+        return None
+
+    def raise_exception(message: str) -> None:
+        raise jinja2.exceptions.TemplateError(message)
+
+    env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                                       extensions=[jinja2.ext.loopcontrols])
+    env.filters["tojson"] = lambda x, ensure_ascii=False, indent=None, separators=None, sort_keys=False: json.dumps(
+        x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+    env.globals.update(raise_exception=raise_exception,
+                       strftime_now=lambda fmt: datetime.datetime.now().strftime(fmt))
+    special = {**config, **_json_file(folder / "special_tokens_map.json")}
+    tokens = {k: v["content"] if isinstance(v, dict) else v for k, v in special.items()
+              if k in SPECIAL_TOKENS and isinstance(v, (str, dict)) and (not isinstance(v, dict) or "content" in v)}
+    try:
+        text = env.from_string(template).render(messages=messages, tools=tools, documents=None,
+                                                add_generation_prompt=True, **tokens)
+    except jinja2.TemplateError:  # {% generation %} and the like: transformers' own extensions
+        return None
+    return len(Tokenizer.from_file(str(folder / "tokenizer.json")).encode(text, add_special_tokens=False).ids)
+
+
+def _json_file(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(model_dir: str) -> Any:
+    """A checkpoint's tokenizer, loaded once (transformers takes seconds to import)."""
     from transformers import AutoTokenizer
 
-    request = probe_requests(domain, role)[0]
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    template = {"chat_template": Path(chat_template).read_text()} if chat_template else {}
-    ids = tokenizer.apply_chat_template(list(request.messages), tools=list(request.tools),
-                                        add_generation_prompt=True, tokenize=True, **template)
-    return len(ids["input_ids"] if isinstance(ids, Mapping) else ids)
+    return AutoTokenizer.from_pretrained(model_dir)

