@@ -143,7 +143,7 @@ def evaluate_checkpoint(request: Request, argv: Sequence[str], console: Any) -> 
         print(f"run_local.py: {untaken} agent replies hold a tool call as text (JSON with \"name\" and "
               f"\"arguments\") that the servers' tool-call parser did not turn into a call; pick the model's "
               f"parser with --tool-call-parser (bare JSON calls: llama3_json)"
-              + ("" if request.skip_server_start else f"; this run used {request.tool_call_parser}"),
+              + (f"; this run used {plan.agent_parser()}" if plan.agent_parser() else ""),
               file=sys.stderr)
     unfinished = how_to_finish(runs, argv, secrets)
     if unfinished:

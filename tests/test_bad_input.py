@@ -66,6 +66,8 @@ def test_gpu_placement_errors(workdir: Path, model_dir: Path, fake_gpus, args, m
     (["--num-trials", "0"], "--num-trials must be positive"),
     (["--max-concurrency", "-2"], "--max-concurrency must be positive"),
     (["--start-port", "http"], "--start-port must be a port number or 'auto'"),
+    (["--tool-call-parser", "hermess"], "--tool-call-parser hermess: vLLM 0.32.0 has no tool-call parser of that "
+                                        "name (did you mean hermes?); it has "),
 ])
 def test_bad_numbers_and_names(workdir: Path, model_dir: Path, args, message):
     assert_refused(workdir, ["--agent-model", str(model_dir), *args], message, KEY)
