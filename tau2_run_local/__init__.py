@@ -16,6 +16,7 @@ loguru sink, the τ²-bench registry, os._exit). tests/test_layers.py holds all 
                   compare          --compare: output folders side by side, with intervals
                   sbatch           --sbatch: a job script for a SLURM allocation
                   dry_run          --dry-run: the plan as a person reads it
+                  first_turn       the first turn: its tokens before the start, the preflight once servers serve
   reports         report_files     summary.json/.md, manifest.json, report.html (live), the table
                   report_page      report.html's content
                   leaderboard      leaderboard.md/.html

@@ -77,6 +77,7 @@ class Request:
     tool_call_parser: str
     reasoning_parser: str
     chat_template: str | None
+    skip_preflight: bool
     vllm_arg: tuple[str, ...]
     host: str | None
     start_port: str
@@ -177,6 +178,10 @@ class Request:
                             "template's thinking tags call for, none without them (the user simulator's and "
                             "experts' servers follow their own templates) (default: auto)")
         s.add_argument("--chat-template", help="chat template file for the agent model")
+        s.add_argument("--skip-preflight", action="store_true",
+                       help="start simulating without the preflight: a few calls to each pool, shaped like the "
+                            "run's first turn, that stop the run at once when the replies show a wrong parser, "
+                            "too short a context or thinking text")
         s.add_argument("--vllm-arg", action="append", default=[], metavar="ARG",
                        help="extra vLLM flag, repeatable: --vllm-arg=--enforce-eager")
         s.add_argument("--host", help="address the servers bind (default: 127.0.0.1; 0.0.0.0 under SLURM, so that "

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port, run_launcher
+from conftest import free_port, run_launcher, word_tokenizer_model
 
 KEY = {"OPENAI_API_KEY": "sk-test-not-a-real-key"}
 
@@ -119,3 +119,11 @@ def test_unwritable_folders(workdir: Path, model_dir: Path, flag: str):
 def test_unknown_task_id(workdir: Path, model_dir: Path):
     assert_refused(workdir, ["--agent-model", str(model_dir), "--domains", "mock", "--task-ids", "no_such_task"],
                    "mock: Not all tasks were found", KEY)
+
+
+def test_a_context_too_short_for_the_first_turn(workdir: Path):
+    """Counted with the checkpoint's own tokenizer before any server starts."""
+    model = word_tokenizer_model(workdir / "words")
+    assert_refused(workdir, ["--agent-model", str(model), "--domains", "mock", "--max-model-len", "200",
+                             "--max-new-tokens", "64"],
+                   "--max-model-len 200 cannot hold mock's first turn: the agent's prompt has ", KEY)
