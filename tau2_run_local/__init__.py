@@ -16,6 +16,7 @@ loguru sink, the τ²-bench registry, os._exit). tests/test_layers.py holds all 
                   compare          --compare: output folders side by side, with intervals
                   sbatch           --sbatch: a job script for a SLURM allocation
                   dry_run          --dry-run: the plan as a person reads it
+                  first_turn       the first turn: its tokens before the start, the preflight once servers serve
   reports         report_files     summary.json/.md, manifest.json, report.html (live), the table
                   report_page      report.html's content
                   leaderboard      leaderboard.md/.html
@@ -33,6 +34,7 @@ loguru sink, the τ²-bench registry, os._exit). tests/test_layers.py holds all 
   τ²-bench hooks  tau2_loader      τ²-bench loaded once a process, our classes registered
                   agents           τ²-bench's agents and user simulator, routed and guarded
                   experts          the call_expert tool and the hand-over of a turn
+                  preflight        probes shaped like a domain's first turn; the verdict on their replies
   calls           faults           what a failed call means; retries within a budget
                   pacing           calls in flight and per minute; backoff
                   routing          the least busy live server holds a conversation
@@ -45,6 +47,7 @@ loguru sink, the τ²-bench registry, os._exit). tests/test_layers.py holds all 
   planner         planner          Request + Host -> Plan, pure
                   expert_plan      experts: served pools, endpoint-file models, APIs
                   servers          each server's exact command and environment
+                  tool_parsers     the vLLM parsers a checkpoint's files call for; the installed vLLM's names
                   placement        servers on GPUs, lanes, KV-cache sizes
   plan            plan             the plan's frozen dataclasses, and Host
                   validation       checks and parsers of the request's values

@@ -19,6 +19,7 @@ from .endpoint_file import config_pools, write_model_config
 from .errors import ServerFailed, UsageError
 from .evaluation import Evaluation, schedule
 from .executors import make_executor
+from .first_turn import context_line, count_first_turns, preflight
 from .fleet import Fleet
 from .host import survey_host
 from .loop import evaluate
@@ -81,10 +82,12 @@ def evaluate_checkpoint(request: Request, argv: Sequence[str], console: Any) -> 
                 console.print(script, markup=False)
                 return 0
             return submit_job(script, plan.log_dir, stamp, env)
-        if request.dry_run:
-            console.print(describe_plan(plan), markup=False)
-            return 0
         log_path = plan.log_dir / f"run_local_{stamp}.log"
+        turns = count_first_turns(request, plan, lambda: load_tau2(log_path))
+        context = context_line(request, turns)
+        if request.dry_run:
+            console.print("\n".join(filter(None, [describe_plan(plan), context])), markup=False)
+            return 0
         tau2_run = load_tau2(log_path)
         tasks = {d: load_tasks(tau2_run, d, plan.eval) for d in plan.eval.domains}
         secrets = secret_values(env, argv)
@@ -105,10 +108,18 @@ def evaluate_checkpoint(request: Request, argv: Sequence[str], console: Any) -> 
     try:
         # the simulation workers (if any) load τ²-bench while the servers start
         with fleet, contextlib.closing(make_simulators(ev, log_path)) as sims:
-            # 2. start the servers and wait until each one serves
+            # 2. start the servers and wait until each one serves; probe each pool before any simulation
+            for note in filter(None, [*(f"parsers: {p.line()}" for p in plan.parsers), context]):
+                say(note)
             if plan.servers:
                 say(f"starting {len(plan.servers)} server(s); logs in {plan.log_dir}")
                 say(f"all servers serve after {fleet.start():.0f}s")
+            stop = None if request.skip_preflight or all(r.done >= r.total for r in runs.values()) else \
+                preflight(plan, turns, say)
+            if stop:
+                print(f"run_local.py: preflight: {stop}; stopped before any simulation, nothing scored "
+                      f"(--skip-preflight runs it anyway)", file=sys.stderr)
+                return 1
             # 3. write the endpoint file
             write_model_config(plan.config_path, config_pools(plan))
             say(f"wrote {plan.config_path}")
@@ -144,7 +155,7 @@ def evaluate_checkpoint(request: Request, argv: Sequence[str], console: Any) -> 
         print(f"run_local.py: {untaken} agent replies hold a tool call as text (JSON with \"name\" and "
               f"\"arguments\") that the servers' tool-call parser did not turn into a call; pick the model's "
               f"parser with --tool-call-parser (bare JSON calls: llama3_json)"
-              + ("" if request.skip_server_start else f"; this run used {request.tool_call_parser}"),
+              + (f"; this run used {plan.agent_parser()}" if plan.agent_parser() else ""),
               file=sys.stderr)
     unfinished = how_to_finish(runs, argv, secrets)
     if unfinished:

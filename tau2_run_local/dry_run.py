@@ -30,6 +30,8 @@ def describe_plan(plan: Plan) -> str:
         lines.append("server commands:")
         lines += [f"  {s.shell_command()}" for s in plan.servers]
         lines += [f"note: {note}" for note in plan.notes]
+        lines.append("parsers:")
+        lines += [f"  {p.line()}" for p in plan.parsers]
     else:
         lines.append(f"servers: already running, from {plan.config_path}")
     lines.append(f"endpoint file {plan.config_path}:")

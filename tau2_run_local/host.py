@@ -16,10 +16,11 @@ from .defaults import CPU_KV_CACHE_GIB
 from .endpoint_file import read_model_config
 from .errors import UsageError
 from .expert_plan import expert_pools
-from .plan import Host, Node, ServerSpec, this_machine
+from .plan import Host, Node, ParserChoice, ServerSpec, this_machine
 from .planner import sbatch_nodes
 from .settings import Request
 from .slurm_discovery import choose_executor, slurm_nodes
+from .tool_parsers import choose_parsers, vllm_parsers, vllm_version
 from .validation import parse_start_port
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")  # files that hold a model's weights
@@ -103,9 +104,18 @@ def check_ports(servers: Sequence[ServerSpec]) -> None:
                              "or use --start-port auto")
 
 
+def parser_choices(request: Request) -> dict[tuple[str, str | None], ParserChoice]:
+    """What the files of each model this fleet serves call for, keyed (folder, --chat-template): the
+    agent's template is its own, when the file is there (a missing one is bad input, said later)."""
+    template = request.chat_template if request.chat_template and Path(request.chat_template).is_file() else None
+    folders = [(request.agent_model, request.chat_template), (request.user_model, None),
+               *((p.model, None) for p in expert_pools(request))]
+    return {(m, t): choose_parsers(m, template if t else None) for m, t in folders if m}
+
+
 def survey_host(request: Request, env: dict[str, str]) -> Host:
     """Read what the plan depends on: the executor, the nodes and their GPUs, the endpoint file, ports,
-    GPU memory and weight sizes, the CPUs here."""
+    GPU memory and weight sizes, the CPUs here, the served models' parsers and the installed vLLM's."""
     executor = choose_executor(request, env)
     if request.skip_server_start:
         nodes: tuple[Node, ...] = ()
@@ -129,7 +139,10 @@ def survey_host(request: Request, env: dict[str, str]) -> Host:
         cpus=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
         vllm_cli=vllm_cli_works(), cpu_bf16=cpu_has_native_bf16(),
         gpu_compute=gpu_compute_capability() if request.deterministic and local_gpus else {},
-        batch_invariant_vllm=vllm_has_batch_invariance())
+        batch_invariant_vllm=vllm_has_batch_invariance(),
+        parsers={} if request.skip_server_start else parser_choices(request),
+        vllm_parsers=(frozenset(), frozenset()) if request.skip_server_start else vllm_parsers(),
+        vllm_version=None if request.skip_server_start else vllm_version())
 
 
 def gpu_compute_capability() -> dict[str, float]:

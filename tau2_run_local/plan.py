@@ -129,6 +129,33 @@ class Expert:
 
 
 @dataclass(frozen=True)
+class ParserChoice:
+    """The parsers a checkpoint's files call for (tool_parsers.choose_parsers), and why: evidence is one
+    sentence for the plan and --dry-run."""
+
+    tool_call_parser: str
+    reasoning_parser: str | None
+    evidence: str
+    recognised: bool
+
+
+@dataclass(frozen=True)
+class PoolParsers:
+    """The parsers one pool's servers run, and how they were picked: what the plan says and what the
+    preflight judges that pool's replies by."""
+
+    role: str  # "agent", "user" or "expert"
+    name: str  # the pool's served name
+    tool_call_parser: str
+    reasoning_parser: str | None
+    how: str  # "both given", or what the model's files show
+
+    def line(self) -> str:
+        reasoning = f"--reasoning-parser {self.reasoning_parser}" if self.reasoning_parser else "no reasoning parser"
+        return f"{self.role} {self.name}: --tool-call-parser {self.tool_call_parser}, {reasoning} ({self.how})"
+
+
+@dataclass(frozen=True)
 class Plan:
     """Everything a run will do, decided before any process starts."""
 
@@ -146,6 +173,11 @@ class Plan:
     addendum_source: str = ""
     prices: tuple[tuple[str, float, float], ...] = ()  # (model, $/M prompt, $/M completion) given by the user
     notes: tuple[str, ...] = ()  # choices the planner made for the user, and why (shown by --dry-run)
+    parsers: tuple[PoolParsers, ...] = ()  # one per pool of this fleet
+
+    def agent_parser(self) -> str | None:
+        """The agent servers' --tool-call-parser; None when they are not this fleet's."""
+        return next((p.tool_call_parser for p in self.parsers if p.role == "agent"), None)
 
 
 def endpoint_url(host: str, port: int | str) -> str:
@@ -185,3 +217,6 @@ class Host:
     cpu_bf16: bool = True  # this CPU computes bf16 natively (AVX-512 BF16 or AMX); else CPU servers use float32
     gpu_compute: dict[str, float] = field(default_factory=dict)  # GPU id -> compute capability, where known
     batch_invariant_vllm: bool = False  # the installed vLLM knows VLLM_BATCH_INVARIANT
+    parsers: dict[tuple[str, str | None], ParserChoice] = field(default_factory=dict)  # (folder, --chat-template)
+    vllm_parsers: tuple[frozenset[str], frozenset[str]] = (frozenset(), frozenset())  # tool, reasoning; empty: unknown
+    vllm_version: str | None = None

@@ -10,9 +10,10 @@ from pathlib import Path
 from .defaults import ADAPTIVE_CEILING_PER_SERVER, SEED_SCRIPT_SERVERS, SIMULATIONS_PER_WORKER
 from .errors import UsageError
 from .expert_plan import expert_pools, read_addendum, read_expert_info, read_prices, resolve_experts
-from .plan import EvalSettings, FaultPolicy, Host, Node, Plan, PoolSettings, ServerSpec, hosted
+from .plan import EvalSettings, FaultPolicy, Host, Node, Plan, PoolParsers, PoolSettings, ServerSpec, hosted
 from .servers import build_servers
 from .settings import Request
+from .tool_parsers import NOT_READ, check_parser_names
 from .validation import check_implementations, check_numbers, parse_gpu_ids, parse_llm_args
 
 
@@ -26,6 +27,32 @@ def pool_settings(request: Request) -> tuple[PoolSettings, ...]:
         pools.append(PoolSettings("user", request.user_model, request.user_model, 1, request.user_tensor_parallel_size,
                                   parse_gpu_ids(request.user_gpu_ids, "--user-gpu-ids"), 1, "user-"))
     return (*pools, *expert_pools(request))
+
+
+AUTO, NONE = "auto", "none"
+
+
+def pool_parsers(request: Request, pools: tuple[PoolSettings, ...], host: Host) -> tuple[PoolParsers, ...]:
+    """The parsers each pool's servers run: a value given on the command line (--tool-call-parser for every
+    pool, --reasoning-parser for the agent's), else what the model's files call for (the host survey read
+    them); each name one the installed vLLM has."""
+    chosen = []
+    for pool in pools:
+        agent = pool.role == "agent"
+        choice = host.parsers.get((pool.model, request.chat_template if agent else None), NOT_READ)
+        tool_given, reasoning_given = request.tool_call_parser != AUTO, agent and request.reasoning_parser != AUTO
+        tool = request.tool_call_parser if tool_given else choice.tool_call_parser
+        reasoning = ((None if request.reasoning_parser == NONE else request.reasoning_parser) if reasoning_given
+                     else choice.reasoning_parser)
+        how = ("both given" if tool_given and reasoning_given else
+               ("--tool-call-parser given; " if tool_given else "--reasoning-parser given; " if reasoning_given
+                else "") + choice.evidence)
+        wrong = check_parser_names(tool, reasoning, host.vllm_parsers, host.vllm_version or "(installed)")
+        if wrong:
+            raise UsageError(wrong if tool_given and reasoning_given else f"{wrong} (auto, for the {pool.role} "
+                                                                          f"{pool.served_name}: {how})")
+        chosen.append(PoolParsers(pool.role, pool.served_name, tool, reasoning, how))
+    return tuple(chosen)
 
 
 def agent_served_name(request: Request) -> str:
@@ -79,6 +106,7 @@ def build_plan(request: Request, host: Host) -> Plan:
     if request.skip_server_start:
         agent_name = pick_agent_name(request, config)
         servers: tuple[ServerSpec, ...] = ()
+        parsers: tuple[PoolParsers, ...] = ()
         agent_urls = config[agent_name]
         user_server_urls: tuple[str, ...] = ()
     else:
@@ -88,8 +116,10 @@ def build_plan(request: Request, host: Host) -> Plan:
             raise UsageError("--servers-per-gpu is not supported with the SLURM executor: "
                              "SLURM gives every job step GPUs of its own")
         agent_name = agent_served_name(request)
-        servers = build_servers(request, pool_settings(request), host.nodes, host.ports, host.cache_root,
-                                host.cpu_kv_gib, slurm=executor == "slurm", gpu_mib=host.gpu_mib,
+        pools = pool_settings(request)
+        parsers = pool_parsers(request, pools, host)
+        servers = build_servers(request, pools, host.nodes, host.ports, host.cache_root,
+                                host.cpu_kv_gib, parsers, slurm=executor == "slurm", gpu_mib=host.gpu_mib,
                                 weight_bytes=host.weight_bytes, vllm_cli=host.vllm_cli, cpu_bf16=host.cpu_bf16)
         agent_urls = tuple(s.url for s in servers if s.role == "agent")
         user_server_urls = tuple(s.url for s in servers if s.role == "user")
@@ -104,7 +134,7 @@ def build_plan(request: Request, host: Host) -> Plan:
         check_deterministic(servers, host)
     settings = eval_settings(request, len(agent_urls), host.cpus)
     return Plan(servers, agent_name, agent_urls, user_llm, user_urls, settings, Path(request.model_config_path),
-                Path(request.log_dir), executor, experts, addendum, source, prices, notes)
+                Path(request.log_dir), executor, experts, addendum, source, prices, notes, parsers)
 
 
 def check_deterministic(servers: Sequence[ServerSpec], host: Host) -> None:

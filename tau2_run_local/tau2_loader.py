@@ -9,10 +9,15 @@ from typing import Any
 from .defaults import ROUTED
 
 
+def offline_cost_map() -> None:
+    """litellm, imported with τ²-bench, reads its bundled price map instead of fetching one."""
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+
 def load_tau2(log_path: Path) -> Any:
     """Import τ²-bench (slow: litellm, pandas) only when a run needs it, its logs going to our log file,
     and register its LLM agent and user simulator with every call guarded (see CallGuard)."""
-    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    offline_cost_map()
     from loguru import logger
 
     logger.remove()

@@ -120,6 +120,22 @@ def fake_gpus(tmp_path: Path):
     return make
 
 
+def word_tokenizer_model(folder: Path) -> Path:
+    """A checkpoint folder with no weights whose tokenizer counts words and whose chat template writes each
+    message and the tools: enough for the launcher to count a first turn's tokens."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.save(str(folder / "tokenizer.json"))
+    template = "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}{{ tools | tojson }}"
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "PreTrainedTokenizerFast", "unk_token": "[UNK]", "chat_template": template}))
+    (folder / "config.json").write_text(json.dumps({"max_position_embeddings": 4096}))
+    return folder
+
+
 @pytest.fixture
 def model_dir(tmp_path: Path) -> Path:
     """A folder that passes the launcher's model checks (config.json present)."""

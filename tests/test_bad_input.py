@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port, run_launcher
+from conftest import free_port, run_launcher, word_tokenizer_model
 
 KEY = {"OPENAI_API_KEY": "sk-test-not-a-real-key"}
 
@@ -66,6 +66,8 @@ def test_gpu_placement_errors(workdir: Path, model_dir: Path, fake_gpus, args, m
     (["--num-trials", "0"], "--num-trials must be positive"),
     (["--max-concurrency", "-2"], "--max-concurrency must be positive"),
     (["--start-port", "http"], "--start-port must be a port number or 'auto'"),
+    (["--tool-call-parser", "hermess"], "--tool-call-parser hermess: vLLM 0.32.0 has no tool-call parser of that "
+                                        "name (did you mean hermes?); it has "),
 ])
 def test_bad_numbers_and_names(workdir: Path, model_dir: Path, args, message):
     assert_refused(workdir, ["--agent-model", str(model_dir), *args], message, KEY)
@@ -124,3 +126,11 @@ def test_unknown_task_id(workdir: Path, model_dir: Path):
 def test_report_to_an_unknown_tracker(workdir: Path, model_dir: Path):
     assert_refused(workdir, ["--agent-model", str(model_dir), "--report-to", "comet"],
                    "--report-to: unknown tracker 'comet'", KEY)
+
+
+def test_a_context_too_short_for_the_first_turn(workdir: Path):
+    """Counted with the checkpoint's own tokenizer before any server starts."""
+    model = word_tokenizer_model(workdir / "words")
+    assert_refused(workdir, ["--agent-model", str(model), "--domains", "mock", "--max-model-len", "200",
+                             "--max-new-tokens", "64"],
+                   "--max-model-len 200 cannot hold mock's first turn: the agent's prompt has ", KEY)

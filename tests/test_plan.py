@@ -11,7 +11,7 @@ from tau2_run_local.endpoint_file import config_pools, read_model_config, write_
 from tau2_run_local.errors import UsageError
 from tau2_run_local.host import cpu_has_native_bf16, model_weight_bytes
 from tau2_run_local.placement import KV_HEADROOM_BYTES, assign_lanes, kv_cache_bytes
-from tau2_run_local.plan import Host, Plan, this_machine
+from tau2_run_local.plan import Host, ParserChoice, Plan, this_machine
 from tau2_run_local.planner import build_plan
 from tau2_run_local.routing import NoLiveServer, Router
 from tau2_run_local.settings import Request, parse_request
@@ -33,7 +33,48 @@ def test_defaults_match_the_seed_script():
     assert (args.output_dir, args.log_dir, args.start_port, args.server_timeout) == ("outputs", "logs", "1900", 600)
     assert args.domains == ("retail", "telecom", "airline")
     assert args.model_config_path == "model_config_local.json"
-    assert plan().servers[0].host == "127.0.0.1" and args.tool_call_parser == "hermes"
+    assert args.tool_call_parser == args.reasoning_parser == "auto"
+    assert plan().servers[0].host == "127.0.0.1" and "--tool-call-parser hermes" in plan().servers[0].shell_command()
+
+
+def test_auto_parsers_come_from_each_pools_files_and_a_given_value_wins():
+    """The host survey reads each served model's parser choice; the planner puts it in that pool's
+    commands and says why. --tool-call-parser NAME is every pool's; --reasoning-parser the agent's."""
+    read = {("/ckpt", None): ParserChoice("llama3_json", None, "chat template has Llama 3's <|python_tag|>", True),
+            ("/user", None): ParserChoice("hermes", "qwen3", "chat template has <tool_call> tags and <think>", True)}
+    known = (frozenset({"hermes", "llama3_json", "mistral"}), frozenset({"qwen3", "deepseek_r1"}))
+
+    def planned(*argv: str) -> Plan:
+        host = Host(this_machine(("0", "1")), iter(range(1900, 2000)), "/cache", parsers=read, vllm_parsers=known,
+                    vllm_version="0.32.0")
+        return build_plan(parse("--user-model", "/user", "--num-servers", "1", *argv), host)
+
+    def flags(p: Plan, role: str) -> str:
+        words = next(s for s in p.servers if s.role == role).argv
+        return " ".join(w for i, w in enumerate(words) if "parser" in w or (i and "parser" in words[i - 1]))
+
+    auto = planned()
+    assert flags(auto, "agent") == "--tool-call-parser llama3_json"
+    assert flags(auto, "user") == "--tool-call-parser hermes --reasoning-parser qwen3"
+    assert [p.line() for p in auto.parsers] == [
+        "agent /ckpt: --tool-call-parser llama3_json, no reasoning parser (chat template has Llama 3's <|python_tag|>)",
+        "user /user: --tool-call-parser hermes, --reasoning-parser qwen3 (chat template has <tool_call> tags and "
+        "<think>)"]
+    given = planned("--tool-call-parser", "mistral", "--reasoning-parser", "deepseek_r1")
+    assert flags(given, "agent") == "--tool-call-parser mistral --reasoning-parser deepseek_r1"
+    assert flags(given, "user") == "--tool-call-parser mistral --reasoning-parser qwen3"
+    assert given.parsers[0].how == "both given" and given.agent_parser() == "mistral"
+    assert flags(planned("--reasoning-parser", "none"), "agent") == "--tool-call-parser llama3_json"
+    unread = build_plan(parse(), Host(this_machine(()), iter(range(1900, 2000)), "/cache"))
+    assert (unread.parsers[0].tool_call_parser, unread.parsers[0].how) == (
+        "hermes", "the model's files were not read; keeping --tool-call-parser hermes")
+    with pytest.raises(UsageError, match=r"^--tool-call-parser hermess: vLLM 0.32.0 has no tool-call parser of that "
+                                         r"name \(did you mean hermes\?\); it has hermes, llama3_json, mistral$"):
+        planned("--tool-call-parser", "hermess", "--reasoning-parser", "none")
+    with pytest.raises(UsageError, match=r"^--reasoning-parser qwen3: .* \(auto, for the user /user: "):
+        build_plan(parse("--user-model", "/user", "--num-servers", "1"),
+                   Host(this_machine(("0", "1")), iter(range(1900, 2000)), "/cache", parsers=read,
+                        vllm_parsers=(known[0], frozenset({"deepseek_r1"}))))
 
 
 def test_four_servers_on_four_gpus_one_each_in_parallel_lanes():

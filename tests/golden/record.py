@@ -5,7 +5,8 @@ plans (one machine, fake GPUs, servers sharing a GPU, experts, servers already u
 stderr and exit code of bad input, and report.html, compare.html and leaderboard.html rendered from
 the fixed inputs beside this file. Paths, ports and clocks are replaced by placeholders, so a
 recording made elsewhere compares byte for byte. tests/test_golden.py compares a fresh recording with
-tests/golden/expected/, recorded before the launcher became a package.
+tests/golden/expected/, recorded before the launcher became a package (the dry runs' parser lines and --help
+since re-recorded for --tool-call-parser auto and --skip-preflight, issue 19).
 """
 from __future__ import annotations
 

@@ -14,6 +14,9 @@ It plays BOTH roles of a tau2-bench simulation from one endpoint:
   replays the task's gold actions (requestor == "assistant") as one tool call per
   turn, then sends one final text message (which quotes the task's
   ``communicate_info``).  Tasks listed in STANDIN_FAIL_TASKS get only a refusal.
+  A first turn that names no task (the launcher's preflight probes) gets one tool
+  call, as a model that calls tools answers it: the first gold action of the first
+  task whose gold actions all use tools the request offers.
 * anything else   - a short fixed text reply ("OK.") - handy for smoke checks.
 
 Several tau2 tasks share an identical user scenario (e.g. mock create_task_1*,
@@ -67,6 +70,12 @@ Failures of the model (never limited to STANDIN_FAULT_PORTS: they are the model'
   STANDIN_CONTEXT_OVERFLOW=a,b      the agent's turns of these tasks are vLLM's HTTP 400
                                     "maximum context length" error
   STANDIN_USER_OVERFLOW=a,b         the same for the user simulator's turns
+  STANDIN_MAX_MODEL_LEN=T           a prompt over T tokens (the stand-in's count: 4 characters a token)
+                                    gets vLLM 0.32's HTTP 400 for it, "at least T+1" tokens as vLLM says
+A model served with the wrong parsers (preflight tests):
+  STANDIN_TOOL_CALLS_AS_TEXT=json|hermes  tool calls come back as text content, no tool_calls: bare
+                                    JSON {"name", "arguments"}, or that inside <tool_call> tags
+  STANDIN_THINK=text                every reply's content starts with <think>text</think>
 /stats counts what was refused: refused_429, errors_500, resets, hangs; and lists the sampling
 arguments each role sent (sampling: role -> distinct {temperature, top_p, max_tokens, seed?}).
 """
@@ -221,6 +230,35 @@ def _tool_call(call_id: str, name: str, arguments: str) -> dict:
     return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
 
 
+def probe_turn(messages: list[dict], tools: list | None) -> dict | None:
+    """A first turn that names no task: the first gold action of the first task whose gold actions all use
+    tools offered here; None once the conversation holds a call, or when no task fits."""
+    if any(m.get("role") == "tool" or m.get("tool_calls") for m in messages):
+        return None
+    offered = {(t.get("function") or {}).get("name") for t in tools or []}
+    for ts in task_sets():
+        for task in load_task_set(ts):
+            actions, _ = agent_plan(task, True)
+            if actions and all(a.name in offered for a in actions):
+                return {"content": None, "tool_calls": [_tool_call("chatcmpl-tool-probe-0", actions[0].name,
+                                                                   json.dumps(actions[0].arguments))]}
+    return None
+
+
+def miss_parsers(msg: dict) -> dict:
+    """The reply as vLLM passes it on when its parsers do not read the model (STANDIN_TOOL_CALLS_AS_TEXT,
+    STANDIN_THINK); unchanged when neither is set."""
+    shape, thought = _env("STANDIN_TOOL_CALLS_AS_TEXT"), _env("STANDIN_THINK")
+    if shape and msg.get("tool_calls"):
+        calls = [json.dumps({"name": c["function"]["name"], "arguments": json.loads(c["function"]["arguments"])})
+                 for c in msg["tool_calls"]]
+        text = "\n".join(f"<tool_call>\n{c}\n</tool_call>" if shape == "hermes" else c for c in calls)
+        msg = {"content": text}
+    if thought:
+        msg = {**msg, "content": f"<think>\n{thought}\n</think>\n\n{msg.get('content') or ''}"}
+    return msg
+
+
 def _content_text(msg: dict) -> str:
     c = msg.get("content")
     if c is None:
@@ -260,7 +298,7 @@ def agent_turn(messages: list[dict], tools: list | None, conv_key: str) -> tuple
             if mt:
                 tag_idx, tag = i, (mt.group(1), mt.group(2))
     if tag is None:
-        return {"content": FAIL_TEXT}, None
+        return probe_turn(messages, tools) or {"content": FAIL_TEXT}, None
     ts, tid = tag
     task = None
     try:
@@ -479,6 +517,15 @@ class Handler(BaseHTTPRequestHandler):
                 st.sampling[role].append(seen)
         if st.faults and self._fault(st.faults.pick(role)):
             return
+        prompt_tokens = _tokens("".join(_content_text(m) for m in messages) + json.dumps(req.get("tools") or []))
+        limit = int(_env("STANDIN_MAX_MODEL_LEN", "0") or 0)
+        if limit and prompt_tokens > limit:  # vLLM's tokenizer stops at limit + 1, so that is all it says
+            self._send(400, {"error": {"type": "BadRequestError", "param": "input_tokens", "code": 400, "message":
+                             f"This model's maximum context length is {limit} tokens. However, your prompt "
+                             f"contains at least {limit + 1} input tokens, which exceeds this limit even without "
+                             f"any output tokens. Please reduce the length of the input prompt. "
+                             f"(parameter=input_tokens, value={limit + 1})"}})
+            return
         expert = _env("STANDIN_CALL_EXPERT")
         offered = {((t.get("function") or {}).get("name")) for t in req.get("tools") or []}
         if role == "agent" and expert and "call_expert" in offered:
@@ -509,7 +556,7 @@ class Handler(BaseHTTPRequestHandler):
                              "the messages or completion."})
             return
 
-        prompt_tokens = _tokens("".join(_content_text(m) for m in messages) + json.dumps(req.get("tools") or []))
+        msg = miss_parsers(msg)
         out = msg.get("content") or json.dumps(msg.get("tool_calls") or [])
         completion_tokens = _tokens(out)
 

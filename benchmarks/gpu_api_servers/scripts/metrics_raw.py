@@ -41,7 +41,8 @@ def main():
             try:
                 v = sample(url)
                 v.update(t=round(t, 2), gpu_util=util)
-                f.write(json.dumps(v) + "\n"); f.flush()
+                f.write(json.dumps(v) + "\n")
+                f.flush()
             except Exception:
                 pass
             time.sleep(max(0.0, interval - (time.time() - t)))
