@@ -68,7 +68,8 @@ def test_skip_server_start_two_endpoints_retail_ten_tasks(tmp_path: Path, standi
     write_config(config, ports)
     result = run_launcher(["--skip-server-start", "--model-config-path", str(config), "--user-llm", "standin",
                            "--domains", "retail", "--num-tasks", "10", "--max-steps", "60",
-                           "--output-dir", str(tmp_path / "out"), "--log-dir", str(tmp_path / "logs")],
+                           "--output-dir", str(tmp_path / "out"), "--log-dir", str(tmp_path / "logs"),
+                           "--report-to", "tensorboard"],
                           env={"OPENAI_API_KEY": ""})
     assert result.returncode == 0, result.stderr
     results = load_results(tmp_path / "out" / "retail.json")
@@ -80,6 +81,10 @@ def test_skip_server_start_two_endpoints_retail_ten_tasks(tmp_path: Path, standi
     metrics = compute_metrics(results)
     assert summary["domains"]["retail"]["avg_reward"] == pytest.approx(metrics.avg_reward)
     assert summary["domains"]["retail"]["pass_hat_k"]["1"] == pytest.approx(metrics.pass_hat_ks[1])
+    # --report-to: the one evaluation is one TensorBoard point (step 0: the served name has no step in it)
+    import numpy as np
+    from test_trackers import check_rows, read_tensorboard
+    check_rows(read_tensorboard(tmp_path / "out")["rows"], {0: summary}, stored=np.float32)
     # both endpoints served agent conversations, evenly (the stand-ins count them independently)
     per_server = summary["agent_conversations_per_server"]
     assert sorted(per_server.values()) == [5, 5]
