@@ -33,6 +33,7 @@ loguru sink, the τ²-bench registry, os._exit). tests/test_layers.py holds all 
   τ²-bench hooks  tau2_loader      τ²-bench loaded once a process, our classes registered
                   agents           τ²-bench's agents and user simulator, routed and guarded
                   experts          the call_expert tool and the hand-over of a turn
+                  lean             τ²-bench's per-simulation work done once a process
   calls           faults           what a failed call means; retries within a budget
                   pacing           calls in flight and per minute; backoff
                   routing          the least busy live server holds a conversation

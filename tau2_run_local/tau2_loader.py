@@ -1,5 +1,6 @@
-"""τ²-bench, loaded once per process: its logs to our log file, and our routed agents and user simulator
-in its registry under the names results files record (defaults.ROUTED)."""
+"""τ²-bench, loaded once per process: its logs to our log file, our routed agents and user simulator in
+its registry under the names results files record (defaults.ROUTED), and its per-simulation work done once
+(lean)."""
 from __future__ import annotations
 
 import os
@@ -18,8 +19,13 @@ def load_tau2(log_path: Path) -> Any:
     logger.remove()
     logger.add(log_path, level="INFO")
     import tau2.run
+    from tau2.environment.tool import Tool
 
     from .agents import AGENT_CLASSES, USER_CLASSES
+    from .lean import schema_once
+
+    if not hasattr(Tool.openai_schema.fget, "__wrapped__"):  # a second load (tests) keeps the first's
+        Tool.openai_schema = schema_once(Tool.openai_schema.fget)
 
     for stock, cls in AGENT_CLASSES.items():
         if ROUTED[stock] not in tau2.run.registry.get_agents():
