@@ -1,18 +1,24 @@
 """τ²-bench's per-simulation work done once a process (issue 17): a domain tool's OpenAI schema, which
-τ²-bench rebuilds with pydantic on every call.
+τ²-bench rebuilds with pydantic on every call, and a domain's database, which it loads from its file three
+times a simulation (the run, then the predicted and the gold environments of the evaluation).
 
-tau2_loader installs it. What it hands out is what τ²-bench's own code gives, a fresh object every time:
-the requests stay the same byte for byte (tests/test_requests.py).
+tau2_loader installs both. What they hand out is what τ²-bench's own code gives, a fresh object every
+time: the requests stay the same byte for byte (tests/test_requests.py) and a simulation never sees
+another's writes (tests/test_lean.py).
 """
 from __future__ import annotations
 
 import functools
 import inspect
 import json
+import pickle
+import threading
 from collections.abc import Callable
 from typing import Any
 
 _schemas: dict[tuple, str] = {}
+_databases: dict[tuple, bytes] = {}
+_loading = threading.Lock()
 
 
 def schema_once(stock: Callable[[Any], dict]) -> property:
@@ -37,3 +43,20 @@ def schema_once(stock: Callable[[Any], dict]) -> property:
 
     return property(openai_schema)
 
+
+def load_once(stock: Callable[[type, Any], Any]) -> classmethod:
+    """DB.load, the file read and validated once per database class and path, pickled; each call gets an
+    unpickled copy of its own (a deep copy, as cheap as any: pickle skips pydantic's validation)."""
+
+    @functools.wraps(stock)
+    def load(cls: type, path: Any) -> Any:
+        key = (cls, str(path))
+        data = _databases.get(key)
+        if data is None:
+            with _loading:
+                data = _databases.get(key)
+                if data is None:
+                    data = _databases[key] = pickle.dumps(stock(cls, path), protocol=pickle.HIGHEST_PROTOCOL)
+        return pickle.loads(data)
+
+    return classmethod(load)

@@ -19,13 +19,15 @@ def load_tau2(log_path: Path) -> Any:
     logger.remove()
     logger.add(log_path, level="INFO")
     import tau2.run
+    from tau2.environment.db import DB
     from tau2.environment.tool import Tool
 
     from .agents import AGENT_CLASSES, USER_CLASSES
-    from .lean import schema_once
+    from .lean import load_once, schema_once
 
     if not hasattr(Tool.openai_schema.fget, "__wrapped__"):  # a second load (tests) keeps the first's
         Tool.openai_schema = schema_once(Tool.openai_schema.fget)
+        DB.load = load_once(DB.load.__func__)
 
     for stock, cls in AGENT_CLASSES.items():
         if ROUTED[stock] not in tau2.run.registry.get_agents():
