@@ -1,13 +1,14 @@
 """τ²-bench, loaded once per process: its logs to our log file, our routed agents and user simulator in
-its registry under the names results files record (defaults.ROUTED), and its per-simulation work done once
-(lean)."""
+its registry under the names results files record (defaults.ROUTED), its per-simulation work done once
+(lean), and the garbage collector set for simulations (defaults.GC_THRESHOLDS)."""
 from __future__ import annotations
 
+import gc
 import os
 from pathlib import Path
 from typing import Any
 
-from .defaults import ROUTED
+from .defaults import GC_THRESHOLDS, ROUTED
 
 
 def load_tau2(log_path: Path) -> Any:
@@ -35,4 +36,6 @@ def load_tau2(log_path: Path) -> Any:
     for stock, cls in USER_CLASSES.items():
         if ROUTED[stock] not in tau2.run.registry.get_users():
             tau2.run.registry.register_user(cls, ROUTED[stock])
+    gc.freeze()  # what is loaded by now (τ²-bench, litellm, pydantic) lives as long as the process: never scanned
+    gc.set_threshold(*GC_THRESHOLDS)
     return tau2.run
