@@ -17,7 +17,7 @@ the per-run figures. Both launchers must give every task the same reward.
 It also times, in this process, the pieces the lean client changed: a domain's database copied four ways,
 every tool's schema built by τ²-bench and from the cache, and the live report's plots drawn once.
 
---quick: 1 and 4 tasks, one run of each.
+--quick: 1 and 3 tasks, one run of each.
 
 Usage: .venv/bin/python benchmarks/lean_client/run.py [--quick] [--before REV]
 Writes benchmarks/lean_client/results.json (--quick: results-quick.json) and prints a table.
@@ -163,10 +163,10 @@ def pieces(work: Path, summary_file: Path, port: int) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smoke test: 1 and 4 tasks, one run each")
+    parser.add_argument("--quick", action="store_true", help="smoke test: 1 and 3 tasks, one run each")
     parser.add_argument("--before", default=BEFORE, help=f"the launcher to compare with (default: {BEFORE})")
     opts = parser.parse_args()
-    sizes, repeats = ((1, 4), 1) if opts.quick else ((2, 12), 3)
+    sizes, repeats = ((1, 3), 1) if opts.quick else ((2, 12), 3)
     work = Path(tempfile.mkdtemp(prefix="bench_lean_"))
     trees = {"before": work / "before", "after": ROOT}
     trees["before"].mkdir()
@@ -221,8 +221,8 @@ def main() -> int:
         "command": shlex.join([".venv/bin/python", "benchmarks/lean_client/run.py", *sys.argv[1:]]),
         "setup": {"domains": DOMAINS, "sizes": sizes, "max_steps": MAX_STEPS, "repeats": repeats,
                   "server": "one stand-in, no delays", "order": "interleaved, alternating which goes first",
-                  "command": shlex.join(launcher_command(Path("<tree>"), Path("<one-endpoint file>"), "<domain>",
-                                                         "<N>", Path("<scratch>")))},
+                  "command": shlex.join(["python", *launcher_command(Path("<tree>"), Path("<one-endpoint file>"),
+                                                                      "<domain>", "<N>", Path("<scratch>"))[1:]])},
         "runs": runs, "cpu_per_simulation_s": per_sim, "rewards_identical": same, "rewards": got["after"],
         "pieces": measured,
     }
