@@ -46,7 +46,8 @@ def schema_once(stock: Callable[[Any], dict]) -> property:
 
 def load_once(stock: Callable[[type, Any], Any]) -> classmethod:
     """DB.load, the file read and validated once per database class and path, pickled; each call gets an
-    unpickled copy of its own (a deep copy, as cheap as any: pickle skips pydantic's validation)."""
+    unpickled copy of its own: a deep copy that skips pydantic's validation (airline's: 130 ms against 164
+    for a load, 174 to validate cached JSON text again, 264 for model_copy(deep=True); BENCHMARKS.md 12)."""
 
     @functools.wraps(stock)
     def load(cls: type, path: Any) -> Any:
