@@ -35,6 +35,7 @@ loguru sink, the τ²-bench registry, os._exit). tests/test_layers.py holds all 
                   agents           τ²-bench's agents and user simulator, routed and guarded
                   experts          the call_expert tool and the hand-over of a turn
                   preflight        probes shaped like a domain's first turn; the verdict on their replies
+                  lean             τ²-bench's per-simulation work done once a process
   calls           faults           what a failed call means; retries within a budget
                   pacing           calls in flight and per minute; backoff
                   routing          the least busy live server holds a conversation

@@ -34,6 +34,13 @@ ADAPTIVE_CEILING_PER_SERVER = 256  # ... and at most, as the servers' gauges all
 SIMULATIONS_PER_WORKER = 8  # default --workers: one process per this many simulations of the ceiling
 
 
+# The garbage collector of a process that runs simulations: a collection of the youngest objects after this
+# many allocations (Python's default: 700), of the middle ones after 50 of those, of all after 10 of those
+# (issue 17: every simulation's database copies, a million objects for airline, kept setting off collections
+# of the whole heap, half of the client's CPU; the data holds no cycles, its garbage goes by refcount).
+GC_THRESHOLDS = (50_000, 50, 10)
+
+
 EXPERT_TOOL = "call_expert"
 
 

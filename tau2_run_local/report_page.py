@@ -228,13 +228,24 @@ def reward_breakdown(info: dict[str, Any]) -> str:
     return "".join(parts)
 
 
-def report_html(summary: dict[str, Any], results: dict[str, dict[str, Any]], meta: dict[str, str]) -> str:
+CATEGORY_PLOTS = ("termination_reasons", "failures")
+
+
+def plots(summary: dict[str, Any]) -> dict[str, str]:
+    """The page's plots, by name: matplotlib's drawing is most of what a page costs to build."""
+    return {"pass^k": pass_k_plot(summary), **{key: category_plot(summary, key) for key in CATEGORY_PLOTS}}
+
+
+def report_html(summary: dict[str, Any], results: dict[str, dict[str, Any]], meta: dict[str, str],
+                drawn: dict[str, str] | None = None) -> str:
     """report.html: scores, pass^k, failure categories, the tasks x trials grid, every conversation.
-    results are the domains' τ²-bench results as JSON objects (already redacted)."""
+    results are the domains' τ²-bench results as JSON objects (already redacted); drawn, the plots when
+    they were drawn already (the live page's, from an earlier summary), else they are drawn from this one."""
+    drawn = drawn or plots(summary)
     sections = ["<h1>τ²-bench report</h1>",
                 '<p class="meta">' + " · ".join(f"{esc(k)}: {esc(v)}" for k, v in meta.items()) + "</p>",
-                "<h2>Scores</h2>", score_table(summary), pass_k_plot(summary), "<h2>Failure categories</h2>",
-                *[category_plot(summary, key) for key in ("termination_reasons", "failures")],
+                "<h2>Scores</h2>", score_table(summary), drawn["pass^k"], "<h2>Failure categories</h2>",
+                *[drawn[key] for key in CATEGORY_PLOTS],
                 category_tables(summary), "<h2>Tasks × trials</h2>",
                 "<p>Each cell is one simulation, coloured by its reward; click it for the conversation.</p>"]
     for domain, res in results.items():

@@ -1,12 +1,14 @@
-"""τ²-bench, loaded once per process: its logs to our log file, and our routed agents and user simulator
-in its registry under the names results files record (defaults.ROUTED)."""
+"""τ²-bench, loaded once per process: its logs to our log file, our routed agents and user simulator in
+its registry under the names results files record (defaults.ROUTED), its per-simulation work done once
+(lean), and the garbage collector set for simulations (defaults.GC_THRESHOLDS)."""
 from __future__ import annotations
 
+import gc
 import os
 from pathlib import Path
 from typing import Any
 
-from .defaults import ROUTED
+from .defaults import GC_THRESHOLDS, ROUTED
 
 
 def offline_cost_map() -> None:
@@ -23,8 +25,15 @@ def load_tau2(log_path: Path) -> Any:
     logger.remove()
     logger.add(log_path, level="INFO")
     import tau2.run
+    from tau2.environment.db import DB
+    from tau2.environment.tool import Tool
 
     from .agents import AGENT_CLASSES, USER_CLASSES
+    from .lean import load_once, schema_once
+
+    if not hasattr(Tool.openai_schema.fget, "__wrapped__"):  # a second load (tests) keeps the first's
+        Tool.openai_schema = schema_once(Tool.openai_schema.fget)
+        DB.load = load_once(DB.load.__func__)
 
     for stock, cls in AGENT_CLASSES.items():
         if ROUTED[stock] not in tau2.run.registry.get_agents():
@@ -32,4 +41,6 @@ def load_tau2(log_path: Path) -> Any:
     for stock, cls in USER_CLASSES.items():
         if ROUTED[stock] not in tau2.run.registry.get_users():
             tau2.run.registry.register_user(cls, ROUTED[stock])
+    gc.freeze()  # what is loaded by now (τ²-bench, litellm, pydantic) lives as long as the process: never scanned
+    gc.set_threshold(*GC_THRESHOLDS)
     return tau2.run

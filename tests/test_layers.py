@@ -113,7 +113,8 @@ def touches_process_state(tree: ast.AST) -> list[str]:
         if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
             pair = (node.value.id, node.attr)
             if pair in {("os", "environ"), ("os", "_exit"), ("os", "putenv"), ("signal", "signal"),
-                        ("resource", "setrlimit"), ("logger", "add"), ("logger", "remove")}:
+                        ("resource", "setrlimit"), ("logger", "add"), ("logger", "remove"),
+                        ("gc", "freeze"), ("gc", "set_threshold")}:
                 found.append(".".join(pair))
         if isinstance(node, ast.Attribute) and node.attr in ("register_agent", "register_user"):
             found.append(node.attr)

@@ -186,6 +186,58 @@ def test_report_escapes_conversation_text_and_redacts_secrets(tmp_path: Path):
     assert "&lt;b&gt;&amp;" in page
 
 
+def test_the_live_report_redraws_its_plots_at_most_once_a_minute_and_the_last_page_afresh(tmp_path: Path,
+                                                                                            monkeypatch):
+    from tau2.data_model.simulation import Results, SimulationRun
+
+    from tau2_run_local import report_files
+    from tau2_run_local.report_page import plots
+
+    results = Results.model_validate({
+        "info": {"git_commit": "", "num_trials": 5, "max_steps": 10, "max_errors": 10, "seed": 1,
+                 "user_info": {"implementation": "user_simulator", "llm": "u", "llm_args": {}},
+                 "agent_info": {"implementation": "a", "llm": "a", "llm_args": {}},
+                 "environment_info": {"domain_name": "mock", "policy": ""}},
+        "tasks": [{"id": "t1", "user_scenario": {"instructions": "x"}}], "simulations": []})
+    run = DomainRun("mock", tmp_path / "mock.json", results, 5, ())
+    ev = SimpleNamespace(runs={"mock": run}, plan=SimpleNamespace(
+        agent_name="agent", user_llm="u", eval=SimpleNamespace(output_dir=tmp_path)))
+
+    def summary(*_: object) -> dict:
+        scores = domain_summary(run, {"agent": "hosted_vllm/agent", "user": "hosted_vllm/u"})
+        return {"domains": {"mock": scores}, "overall": scores}
+
+    def finish(trial: int) -> None:
+        results.simulations.append(SimulationRun.model_validate({
+            "id": f"s{trial}", "task_id": "t1", "start_time": "", "end_time": "", "duration": 1.0, "trial": trial,
+            "seed": 1, "termination_reason": "user_stop", "reward_info": {"reward": float(trial % 2)},
+            "messages": []}))
+
+    def shown() -> list[bool]:
+        """For each plot of the scores as they are now: is it on the page?"""
+        page = (tmp_path / "report.html").read_text()
+        return [svg in page for svg in plots(summary()).values() if svg]
+
+    drawings: list[dict] = []
+    monkeypatch.setattr(report_files, "summarize", summary)
+    monkeypatch.setattr(report_files, "plots", lambda s: drawings.append(s) or plots(s))
+    live = report_files.LiveReport(ev, (), interval=0.0)
+    for trial in range(3):  # three simulations finish within the minute: three pages, the plots drawn once
+        finish(trial)
+        live.last_at = 0.0  # the last page long ago (a page is never written more often than it costs)
+        live.maybe_write()
+        assert f"running, {trial + 1}/5 simulations" in (tmp_path / "report.html").read_text()
+    assert len(drawings) == 1 and drawings[0]["domains"]["mock"]["simulations"] == 1
+    assert not any(shown())  # the page shows the plots of one simulation, not of three
+    finish(3)
+    live.last_at, live.drawn_at = 0.0, live.drawn_at - 60  # a minute later
+    live.maybe_write()
+    assert len(drawings) == 2 and all(shown())
+    finish(4)
+    write_html_report(ev, summary(), "finished", ())  # the page at the end: the plots of the final scores
+    assert all(shown())
+
+
 # ----------------------------------------------------------------------------------------------
 # --compare on synthetic folders with known answers
 # ----------------------------------------------------------------------------------------------

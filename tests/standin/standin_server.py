@@ -50,6 +50,8 @@ Environment variables (faults apply only to ports in STANDIN_FAULT_PORTS, if set
   STANDIN_MALFORMED_TOOL_JSON=a,b   agent's first turn is a tool call with invalid JSON args
   STANDIN_TASK_SETS=mock,retail     restrict/reorder the task sets searched (default:
                                     mock,retail,airline,telecom)
+  STANDIN_RECORD=path               append each chat request's body to this file as it came, one
+                                    request a line (the body is JSON, which holds no raw newline)
 
 Faults of the machinery, per chat request (also only on STANDIN_FAULT_PORTS, if set), for
 fault-injection tests; what a fault does never changes the scripted replies:
@@ -154,6 +156,7 @@ def id_listed(domain: str, task_id: str, ids) -> bool:
 # tau2 task data (lazy)
 # --------------------------------------------------------------------------------------
 _tasks_lock = threading.Lock()
+_record_lock = threading.Lock()  # STANDIN_RECORD: one request's line at a time
 _tasks_by_set: dict[str, list] = {}
 _scenario_index: dict[str, tuple[str, str]] = {}  # scenario text -> (task_set, canonical id)
 
@@ -456,6 +459,10 @@ class Handler(BaseHTTPRequestHandler):
         if p != "/chat/completions":
             self._send(404, {"detail": "Not Found"})
             return
+        record = _env("STANDIN_RECORD")
+        if record:
+            with _record_lock, open(record, "ab") as out:
+                out.write(raw + b"\n")
         try:
             req = json.loads(raw or b"{}")
         except json.JSONDecodeError as e:
