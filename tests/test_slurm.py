@@ -140,7 +140,7 @@ def where_they_run(slurm: Slurm, tmp: Path) -> dict[str, set[str | None]]:
     found: dict[str, set[str | None]] = {}
     for line in processes_of(tmp):
         pid, cmd = line.split(" ", 1)
-        port = re.search(r"api_server .*--port (\d+)", cmd)
+        port = re.search(r"(?:api_server|cli\.main serve) .*--port (\d+)", cmd)
         key = (("srun " if cmd.startswith("srun ") else "") + port.group(1) if port
                else "launcher" if "run_local.py" in cmd else None)
         if key:
