@@ -11,6 +11,7 @@ import time
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
+from secrets import token_urlsafe
 from typing import Any
 
 from .checks import check_inputs
@@ -22,6 +23,7 @@ from .executors import make_executor
 from .fleet import Fleet
 from .host import survey_host
 from .loop import evaluate
+from .plan import Plan
 from .planner import build_plan
 from .progress import ProgressView
 from .report_files import LiveReport, how_to_finish, print_summary, write_report
@@ -61,6 +63,15 @@ def install_signal_handlers() -> None:
             signal.signal(sig, interrupt)
 
 
+def run_key(plan: Plan, env: dict[str, str]) -> str:
+    """The key this run's keyed servers require: the one in --api-key-env's variable, else a fresh random
+    one, made for this run only (the servers bind beyond loopback, where anyone on the network reaches
+    them). It is never written: not in a file, a log line, a command line or os.environ."""
+    if plan.api_key_env:
+        return env.get(plan.api_key_env, "")
+    return token_urlsafe(32) if any(s.keyed for s in plan.servers) else ""
+
+
 def evaluate_checkpoint(request: Request, argv: Sequence[str], console: Any) -> int:
     """One evaluation: check, start the servers, simulate, report, stop."""
     env = dict(os.environ)
@@ -87,7 +98,8 @@ def evaluate_checkpoint(request: Request, argv: Sequence[str], console: Any) -> 
         log_path = plan.log_dir / f"run_local_{stamp}.log"
         tau2_run = load_tau2(log_path)
         tasks = {d: load_tasks(tau2_run, d, plan.eval) for d in plan.eval.domains}
-        secrets = secret_values(env, argv)
+        key = run_key(plan, env)
+        secrets = secret_values(env, argv, (key,))
         runs = {d: open_domain(tau2_run, plan, d, tasks[d], secrets) for d in plan.eval.domains}
     except UsageError as exc:
         print(f"run_local.py: error: {exc}", file=sys.stderr)
@@ -97,10 +109,11 @@ def evaluate_checkpoint(request: Request, argv: Sequence[str], console: Any) -> 
     raise_open_file_limit()
     began = time.monotonic()
     fleet = Fleet(plan.servers, plan.log_dir, request.server_timeout, request.stagger_delay, say,
-                  make_executor(plan.executor, env))
-    agent_pool = Router(plan.agent_urls)
-    user_pool = Router(plan.user_urls) if plan.user_urls else None
-    ev = Evaluation(tau2_run, plan, agent_pool, user_pool, runs, say)
+                  make_executor(plan.executor, env), key)
+    keys = plan.endpoint_keys(key)
+    agent_pool = Router(plan.agent_urls, keys)
+    user_pool = Router(plan.user_urls, keys) if plan.user_urls else None
+    ev = Evaluation(tau2_run, plan, agent_pool, user_pool, runs, say, keys=keys)
     code = 0
     try:
         # the simulation workers (if any) load τ²-bench while the servers start

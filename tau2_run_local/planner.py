@@ -100,7 +100,7 @@ def build_plan(request: Request, host: Host) -> Plan:
              if any("--dtype" in s.argv and "float32" in s.argv for s in servers) and not host.cpu_bf16 else ())
     settings = eval_settings(request, len(agent_urls), host.cpus)
     return Plan(servers, agent_name, agent_urls, user_llm, user_urls, settings, Path(request.model_config_path),
-                Path(request.log_dir), executor, experts, addendum, source, prices, notes)
+                Path(request.log_dir), executor, experts, addendum, source, prices, notes, request.api_key_env or "")
 
 
 def pick_agent_name(request: Request, config: dict[str, tuple[str, ...]]) -> str:
