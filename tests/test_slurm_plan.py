@@ -1,6 +1,8 @@
 """Planning over the nodes of a SLURM allocation is pure: nodes in, servers and srun commands out."""
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
 from tau2_run_local.endpoint_file import config_pools
@@ -10,6 +12,7 @@ from tau2_run_local.planner import build_plan, sbatch_nodes
 from tau2_run_local.sbatch import job_argv, job_script
 from tau2_run_local.settings import parse_request
 from tau2_run_local.slurm_discovery import index_list, parse_job_nodes, parse_node_addresses
+from tau2_run_local.util import secret_values
 
 DETAIL = """JobId=7 JobName=x
    NumNodes=3 NumCPUs=20 NumTasks=3 CPUs/Task=8 ReqB:S:C:T=0:0:*:*
@@ -80,8 +83,26 @@ def test_job_script_runs_the_same_command_on_the_slurm_executor(tmp_path):
     request = parse_request([*argv, "--log-dir", str(tmp_path)], {})
     nodes = sbatch_nodes(request)
     assert [(n.name, len(n.gpus), n.cpus) for n in nodes] == [("node1", 2, 3), ("node2", 2, 3)]
-    script = job_script(request, argv, nodes, tmp_path)
+    script, handed = job_script(request, argv, nodes, tmp_path)
+    assert handed == {}
     for line in ("#SBATCH --nodes=2", "#SBATCH --gres=gpu:2", "#SBATCH --cpus-per-task=3", "#SBATCH --partition=gpu",
                  "#SBATCH --qos=high", f"#SBATCH --output={tmp_path}/slurm-%j.out", f"cd {tmp_path}"):
         assert line in script.splitlines()
     assert script.splitlines()[-1].endswith("run_local.py --agent-model /ckpt --domains retail --executor slurm")
+
+
+def test_secrets_of_the_command_line_reach_the_job_through_its_environment_not_the_script(tmp_path):
+    argv = ["--agent-model", "/ckpt", "--sbatch", "--vllm-arg=--hf-token hf_s3cr3t$x", "--user-llm-args",
+            '{"api_key": "sk-0123456789"}', "--domains", "retail"]
+    request = parse_request([*argv, "--log-dir", str(tmp_path)], {})
+    secrets = secret_values({"OPENAI_API_KEY": "sk-0123456789"}, argv)
+    script, handed = job_script(request, argv, sbatch_nodes(request), tmp_path, secrets)
+    assert "hf_s3cr3t" not in script and "sk-0123456789" not in script
+    assert sorted(handed.values()) == ["hf_s3cr3t$x", "sk-0123456789"]
+    assert all(name.endswith("_SECRET") for name in handed)  # so the job redacts them too
+    exec_line = script.splitlines()[-1]
+    printed = subprocess.run(["bash", "-c", exec_line.replace("exec ", "printf '%s\\n' ", 1)], env=handed,
+                             capture_output=True, text=True, check=True).stdout.splitlines()
+    assert printed[printed.index("--agent-model"):] == job_argv(argv)  # word for word, the secrets back in place
+    unset = subprocess.run(["bash", "-c", exec_line], env={}, capture_output=True, text=True)
+    assert unset.returncode != 0 and "not handed on by sbatch" in unset.stderr
