@@ -91,13 +91,14 @@ def how_to_finish(runs: dict[str, DomainRun], argv: Sequence[str], secrets: tupl
     for name, f in missing.items():
         why = {"the user simulator failed": f["user_simulator_error"],
                "the machinery failed (retried until --retry-timeout)": f["infrastructure_undone"],
-               "not started": f["not_started"]}
+               "interrupted (the run was stopped while they ran)": f["interrupted"], "not started": f["not_started"]}
         parts.append(f"{name}: {runs[name].total - runs[name].done} "
                      f"({', '.join(f'{n} {k}' for k, n in why.items() if n)})")
+    listed = [runs[name].side_path.name for name in missing if runs[name].not_scored]
     command = redact(shlex.join([*launcher_argv(), *argv]), secrets)
     return (f"run_local.py: simulations not scored, none of them counted in the scores: {'; '.join(parts)}. "
-            f"Why each one: <domain>.not_scored.json.\nTo finish them, run the same command again (scored "
-            f"simulations are kept):\n  {command}")
+            + (f"Why each one: {', '.join(listed)}.\n" if listed else "\n")
+            + f"To finish them, run the same command again (scored simulations are kept):\n  {command}")
 
 
 def write_report(ev: Evaluation, plan: Plan, argv: Sequence[str], started: str, wall_s: float,

@@ -197,7 +197,16 @@ def test_sigint_stops_every_process_and_keeps_results(tmp_path: Path):
     assert_groups_gone(started_pgids(stdout))
     kept = load_results(results)
     assert 1 <= len(kept.simulations) < 9
-    assert json.loads((tmp_path / "out" / "summary.json").read_text())["domains"]["mock"]["status"] == "incomplete"
+    domain = json.loads((tmp_path / "out" / "summary.json").read_text())["domains"]["mock"]
+    assert domain["status"] == "incomplete" and domain["wall_time_s"] > 0  # the time it ran
+    # the simulations in flight were started, not "not started": interrupted, each listed with why
+    failures, side = domain["failures"], json.loads((tmp_path / "out" / "mock.not_scored.json").read_text())
+    assert 1 <= failures["interrupted"] <= 2 and failures["interrupted"] == len(side)
+    assert len(kept.simulations) + failures["interrupted"] + failures["not_started"] == 9
+    assert all(e["reason"] == "interrupted" and "stopped (Ctrl-C)" in e["error"] for e in side)
+    assert {(e["trial"], e["task_id"]) for e in side}.isdisjoint((s.trial, s.task_id) for s in kept.simulations)
+    assert "interrupted (the run was stopped while they ran)" in stderr
+    assert "Why each one: mock.not_scored.json" in stderr
 
 
 STOP_LIMIT_S = 15
