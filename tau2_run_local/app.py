@@ -9,6 +9,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from secrets import token_urlsafe
@@ -29,7 +30,7 @@ from .progress import ProgressView
 from .report_files import LiveReport, how_to_finish, print_summary, write_report
 from .results import open_domain
 from .routing import Router
-from .sbatch import job_script, submit_job
+from .sbatch import close_job, earlier_jobs, job_script, submit_job, this_job
 from .scoring import unparsed_tool_calls
 from .settings import Request
 from .tasks import load_tasks, trial_seeds
@@ -81,6 +82,10 @@ def evaluate_checkpoint(request: Request, argv: Sequence[str], console: Any) -> 
     def say(text: str) -> None:
         console.print(f"{now_iso()} {text}", markup=False)
 
+    job = this_job(env)
+    if job and (job.resubmits or job.restarts) and request.overwrite:  # the chain's first job started afresh
+        say(f"SLURM job {job.job_id} resumes its chain's results: --overwrite was for the first job only")
+        request = replace(request, overwrite=False)
     # 1. check every input before any process starts
     try:
         host = survey_host(request, env)
@@ -107,6 +112,7 @@ def evaluate_checkpoint(request: Request, argv: Sequence[str], console: Any) -> 
 
     install_signal_handlers()
     raise_open_file_limit()
+    done_before = sum(run.done for run in runs.values())
     began = time.monotonic()
     fleet = Fleet(plan.servers, plan.log_dir, request.server_timeout, request.stagger_delay, say,
                   make_executor(plan.executor, env), key)
@@ -114,7 +120,7 @@ def evaluate_checkpoint(request: Request, argv: Sequence[str], console: Any) -> 
     agent_pool = Router(plan.agent_urls, keys)
     user_pool = Router(plan.user_urls, keys) if plan.user_urls else None
     ev = Evaluation(tau2_run, plan, agent_pool, user_pool, runs, say, keys=keys)
-    code = 0
+    code, stopped_by = 0, ""
     try:
         # the simulation workers (if any) load τ²-bench while the servers start
         with fleet, contextlib.closing(make_simulators(ev, log_path)) as sims:
@@ -141,11 +147,17 @@ def evaluate_checkpoint(request: Request, argv: Sequence[str], console: Any) -> 
     except ServerFailed as exc:
         print(f"run_local.py: {exc}", file=sys.stderr)
         code = 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print("run_local.py: interrupted; servers stopped, finished simulations kept", file=sys.stderr)
-        code = 130
-    # 5. write the results and print the scores (also after a failure: what finished is kept)
-    summary = write_report(ev, plan, argv, started, time.monotonic() - began, nodes, secrets)
+        code, stopped_by = 130, str(exc) or "Ctrl-C"
+    # 5. a --sbatch job stopped with work left is submitted again; write the results and print the scores
+    # (also after a failure: what finished is kept)
+    counts = {"simulations_finished": sum(run.done for run in runs.values()) - done_before,
+              "simulations_interrupted": ev.interrupted,
+              "simulations_left": sum(run.total - run.done for run in runs.values())}
+    jobs = None if job is None else close_job(job, env, stopped_by, counts,
+                                              earlier_jobs(plan.eval.output_dir / "summary.json", job), say)
+    summary = write_report(ev, plan, argv, started, time.monotonic() - began, nodes, secrets, jobs)
     print_summary(console, summary)
     console.print(f"results in {plan.eval.output_dir}/ (report.html, summary.json, summary.md, manifest.json)",
                   markup=False)

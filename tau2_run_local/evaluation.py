@@ -41,6 +41,7 @@ class Evaluation:
     share: int = 1  # in a worker process: its share of the user's pacing limits is 1/share
     tell: Callable[[tuple], None] | None = None  # in a worker process: its line to the coordinator
     keys: dict[str, str] = field(default_factory=dict, repr=False)  # endpoint -> the key it requires
+    interrupted: int = 0  # simulations in flight when the run was stopped
     concurrency: Concurrency = field(init=False)
 
     def __post_init__(self) -> None:

@@ -73,6 +73,7 @@ def interrupted(ev: Evaluation, jobs: list[Job], how: str) -> None:
         if (job.trial, job.task.id) not in run.finished():
             why = f"the run was stopped ({how}) while this simulation ran; a rerun runs it again"
             run.record(Outcome(job, Evaluation.not_scored(job, "interrupted", why), Counter()))
+            ev.interrupted += 1
 
 
 def watch_fleet(ev: Evaluation, fleet: Fleet | None, restart_dead: bool, sims: Simulators) -> None:

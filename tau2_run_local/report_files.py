@@ -46,6 +46,8 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         lines += ["", "Expert calls: " + ", ".join(f"{k} {v}" for k, v in sorted(overall["expert_calls"].items()))]
     if summary["server_events"]:
         lines += ["", "Server events:", *[f"- {e}" for e in summary["server_events"]]]
+    if summary.get("jobs"):
+        lines += ["", "SLURM jobs:", *[f"- {j['job_id']}: {j['outcome']}" for j in summary["jobs"]]]
     return "\n".join(lines) + "\n"
 
 
@@ -102,9 +104,11 @@ def how_to_finish(runs: dict[str, DomainRun], argv: Sequence[str], secrets: tupl
 
 
 def write_report(ev: Evaluation, plan: Plan, argv: Sequence[str], started: str, wall_s: float,
-                 nodes: Sequence[Node], secrets: tuple[str, ...]) -> dict[str, Any]:
+                 nodes: Sequence[Node], secrets: tuple[str, ...], jobs: list[dict[str, Any]] | None = None
+                 ) -> dict[str, Any]:
+    """The closing files; `jobs`: a --sbatch job's chain of jobs so far, each one's end (summary.json)."""
     out = plan.eval.output_dir
-    summary = summarize(ev, wall_s)
+    summary = summarize(ev, wall_s) | ({"jobs": jobs} if jobs is not None else {})
     atomic_write(out / "summary.json", redact(json.dumps(summary, indent=2) + "\n", secrets))
     atomic_write(out / "summary.md", redact(summary_markdown(summary), secrets))
     atomic_write(out / "manifest.json", manifest(argv, plan, started, nodes, secrets))

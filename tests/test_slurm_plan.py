@@ -9,7 +9,7 @@ from tau2_run_local.endpoint_file import config_pools
 from tau2_run_local.errors import UsageError
 from tau2_run_local.plan import Host, Node, Plan
 from tau2_run_local.planner import build_plan, sbatch_nodes
-from tau2_run_local.sbatch import job_argv, job_script
+from tau2_run_local.sbatch import SbatchJob, job_argv, job_script, this_job, warning_lead_s, why_not_resubmit
 from tau2_run_local.settings import parse_request
 from tau2_run_local.slurm_discovery import index_list, parse_job_nodes, parse_node_addresses
 from tau2_run_local.util import secret_values
@@ -78,13 +78,14 @@ def test_a_node_needs_a_cpu_per_server():
 
 def test_job_script_runs_the_same_command_on_the_slurm_executor(tmp_path):
     argv = ["--agent-model", "/ckpt", "--sbatch", "--slurm-nodes", "2", "--slurm-partition=gpu",
-            "--sbatch-arg=--qos=high", "--executor", "auto", "--domains", "retail"]
+            "--sbatch-arg=--qos=high", "--executor", "auto", "--slurm-max-resubmits", "5", "--domains", "retail"]
     assert job_argv(argv) == ["--agent-model", "/ckpt", "--domains", "retail", "--executor", "slurm"]
     request = parse_request([*argv, "--log-dir", str(tmp_path)], {})
     nodes = sbatch_nodes(request)
     assert [(n.name, len(n.gpus), n.cpus) for n in nodes] == [("node1", 2, 3), ("node2", 2, 3)]
     script, handed = job_script(request, argv, nodes, tmp_path)
     assert handed == {}
+    assert "export RUN_LOCAL_SBATCH_MAX_RESUBMITS=5" in script.splitlines() and "#SBATCH --signal=B:TERM@120" in script
     for line in ("#SBATCH --nodes=2", "#SBATCH --gres=gpu:2", "#SBATCH --cpus-per-task=3", "#SBATCH --partition=gpu",
                  "#SBATCH --qos=high", f"#SBATCH --output={tmp_path}/slurm-%j.out", f"cd {tmp_path}"):
         assert line in script.splitlines()
@@ -106,3 +107,29 @@ def test_secrets_of_the_command_line_reach_the_job_through_its_environment_not_t
     assert printed[printed.index("--agent-model"):] == job_argv(argv)  # word for word, the secrets back in place
     unset = subprocess.run(["bash", "-c", exec_line], env={}, capture_output=True, text=True)
     assert unset.returncode != 0 and "not handed on by sbatch" in unset.stderr
+
+
+def test_the_time_limit_warning_scales_with_the_job():
+    assert [warning_lead_s(t) for t in (None, "00:02:00", "10", "20:00", "04:00:00", "2-00", "INFINITE")] \
+        == [120, 30, 60, 120, 120, 120, 120]  # a tenth of the limit, from 30 s up to 120 s
+
+
+def test_a_job_stopped_by_sigterm_is_submitted_again_unless_slurm_requeues_it_or_it_was_cancelled():
+    env = {"SLURM_JOB_ID": "12", "RUN_LOCAL_SBATCH_MAX_RESUBMITS": "3"}
+    job = this_job(env)
+    assert job == SbatchJob("12", 3, 0, "12", 0, job.started_at)
+    assert this_job({"SLURM_JOB_ID": "12"}) is None  # an allocation of the user's own: never resubmitted
+    # what `scontrol -o show job` said in the test cluster: the time-limit warning, `scancel --signal=TERM
+    # --batch`, the time limit itself, `scancel`, `scontrol requeue`
+    warned = {"JobState": "RUNNING", "Reason": "None", "Restarts": "0"}
+    assert why_not_resubmit(warned, job) is None
+    assert why_not_resubmit({"JobState": "COMPLETING", "Reason": "TimeLimit", "Restarts": "0"}, job) is None
+    assert why_not_resubmit({"JobState": "COMPLETING", "Reason": "None", "Restarts": "0"}, job) \
+        == "it was cancelled (SLURM state COMPLETING)"
+    assert why_not_resubmit({"JobState": "COMPLETING", "Reason": "None", "Restarts": "1"}, job).startswith(
+        "SLURM requeues it itself")
+    requeued = this_job({**env, "SLURM_RESTART_COUNT": "1"})
+    assert why_not_resubmit({**warned, "Restarts": "1"}, requeued) is None
+    spent = this_job({**env, "RUN_LOCAL_SBATCH_RESUBMITS": "3", "RUN_LOCAL_SBATCH_CHAIN": "9"})
+    assert spent.chain == "9" and why_not_resubmit(warned, spent) == \
+        "its resubmits are spent (3 of --slurm-max-resubmits 3)"
