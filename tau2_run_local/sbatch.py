@@ -86,6 +86,7 @@ def job_script(request: Request, argv: Sequence[str], nodes: Sequence[Node], cwd
     lines = ["#!/bin/bash", "#SBATCH --job-name=run_local", f"#SBATCH --nodes={len(nodes)}",
              "#SBATCH --ntasks-per-node=1", f"#SBATCH --cpus-per-task={nodes[0].cpus}",
              f"#SBATCH --gres=gpu:{len(nodes[0].gpus)}", f"#SBATCH --output={log}",
+             "#SBATCH --open-mode=append",  # a job SLURM requeues keeps its first run's lines
              f"#SBATCH --signal=B:TERM@{warning_lead_s(request.slurm_time)}"]
     for flag, value in (("partition", request.slurm_partition), ("account", request.slurm_account),
                         ("time", request.slurm_time)):
