@@ -194,6 +194,9 @@ def test_two_nodes_agents_on_both_and_a_user_pool_of_tensor_parallel_2(tmp_path:
         assert f"node n2 (clients reach it at {address['n2']})" in dry.stdout
         assert f"srun --nodes=1 --ntasks=1 --nodelist=n2 --exact --cpus-per-task=4 --mem=0 --gres=gpu:2 " \
                f"--job-name=run_local_{port + 4}" in dry.stdout
+        # bound to 0.0.0.0, every server requires the run's key, which the plan never shows
+        assert sum(line.endswith("  key") for line in dry.stdout.splitlines()) == 5
+        assert dry.stdout.count(" VLLM_API_KEY=*** srun ") == 5 and "a fresh random key made for this run" in dry.stdout
         result = run_launcher_on(slurm, alloc, args, env={**alloc, **standin_env(spawn_child="1")})
         assert result.returncode == 0, result.stderr
         assert_nothing_left(slurm, tmp_path)
@@ -399,8 +402,9 @@ def test_sbatch_jobs_outlive_preemption_and_their_time_limit_and_only_the_run_re
     (started either to its end, in one job, or interrupted and run again), in the results once, the summary
     τ²-bench's metrics, no step or process left. While it runs, its servers refuse calls without the key
     (401), which no file and no command line holds; what it writes is its owner's alone."""
+    # 36 simulations of at least 6 s each, 2 at a time: more than the 90 s a 2-minute job runs at most
     login = {"SLURM_CONF": slurm["SLURM_CONF"], **standin_env(token_delay="0.08")}
-    args = launcher_args(tmp_path, "--domains", "mock", "--num-trials", "3", "--num-servers", "2",
+    args = launcher_args(tmp_path, "--domains", "mock", "--num-trials", "4", "--num-servers", "2",
                          "--start-port", "auto", "--max-concurrency", "2", "--sbatch", "--slurm-nodes", "2",
                          "--slurm-time", "00:02:00")
     submitted = run_launcher(args, env=login)
@@ -447,10 +451,10 @@ def test_sbatch_jobs_outlive_preemption_and_their_time_limit_and_only_the_run_re
     assert jobs[-1]["outcome"] == "finished its work" and jobs[-1]["resubmitted_as"] is None
     # every simulation ran once: finished in exactly one job, or interrupted there and started again
     sims = load_results(results).simulations
-    assert len({(s.trial, s.task_id) for s in sims}) == len(sims) == 27
-    assert sum(j["simulations_finished"] for j in jobs) == 27
+    assert len({(s.trial, s.task_id) for s in sims}) == len(sims) == 36
+    assert sum(j["simulations_finished"] for j in jobs) == 36
     started = sum(p.read_text().count("STARTING SIMULATION") for p in (tmp_path / "logs").glob("run_local_*.log"))
-    assert started == 27 + sum(j["simulations_interrupted"] for j in jobs)
+    assert started == 36 + sum(j["simulations_interrupted"] for j in jobs)
     from tau2.metrics.agent_metrics import compute_metrics
     metrics, domain = compute_metrics(load_results(results)), summary["domains"]["mock"]
     assert domain["status"] == "complete" and domain["avg_reward"] == pytest.approx(metrics.avg_reward)
