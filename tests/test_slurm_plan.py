@@ -1,6 +1,7 @@
 """Planning over the nodes of a SLURM allocation is pure: nodes in, servers and srun commands out."""
 from __future__ import annotations
 
+import json
 import subprocess
 
 import pytest
@@ -9,7 +10,15 @@ from tau2_run_local.endpoint_file import config_pools
 from tau2_run_local.errors import UsageError
 from tau2_run_local.plan import Host, Node, Plan
 from tau2_run_local.planner import build_plan, sbatch_nodes
-from tau2_run_local.sbatch import SbatchJob, job_argv, job_script, this_job, warning_lead_s, why_not_resubmit
+from tau2_run_local.sbatch import (
+    SbatchJob,
+    earlier_jobs,
+    job_argv,
+    job_script,
+    this_job,
+    warning_lead_s,
+    why_not_resubmit,
+)
 from tau2_run_local.settings import parse_request
 from tau2_run_local.slurm_discovery import index_list, parse_job_nodes, parse_node_addresses
 from tau2_run_local.util import secret_values
@@ -133,3 +142,13 @@ def test_a_job_stopped_by_sigterm_is_submitted_again_unless_slurm_requeues_it_or
     spent = this_job({**env, "RUN_LOCAL_SBATCH_RESUBMITS": "3", "RUN_LOCAL_SBATCH_CHAIN": "9"})
     assert spent.chain == "9" and why_not_resubmit(warned, spent) == \
         "its resubmits are spent (3 of --slurm-max-resubmits 3)"
+
+
+def test_a_job_lists_the_earlier_jobs_of_its_own_chain_once_each(tmp_path):
+    summary = tmp_path / "summary.json"
+    summary.write_text(json.dumps({"jobs": [{"job_id": "3", "chain": "1"}, {"job_id": "7", "chain": "7"},
+                                            {"job_id": "4", "chain": "1"}, {"job_id": "5", "chain": "1"}]}))
+    job = this_job({"SLURM_JOB_ID": "5", "RUN_LOCAL_SBATCH_MAX_RESUBMITS": "3", "RUN_LOCAL_SBATCH_CHAIN": "1",
+                    "SLURM_RESTART_COUNT": "1"})  # requeued by SLURM: its own first run's entry is replaced
+    assert [e["job_id"] for e in earlier_jobs(summary, job)] == ["3", "4"]
+    assert earlier_jobs(tmp_path / "none.json", job) == []
