@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -122,7 +123,9 @@ def test_the_tool_model_builders_folders_get_llama3_json(tool_model: Path, tmp_p
 
 
 def test_vllm_parsers_reads_the_installed_vllm():
-    tool, reasoning = vllm_parsers()
+    # the venv's own vLLM: the suite puts tests/standin (with its stand-in `vllm` package) on sys.path
+    installed_vllm = Path(sysconfig.get_paths()["purelib"]) / "vllm"
+    tool, reasoning = vllm_parsers(installed_vllm)
     # every name choose_parsers can give, in the vLLM this project installs
     assert {"hermes", "llama3_json", "mistral", "qwen3_coder", "deepseek_v3", "deepseek_v31", "glm45", "granite",
             "openai", "xlam"} <= tool
@@ -134,7 +137,7 @@ def test_vllm_parsers_reads_the_installed_vllm():
             installed.add(importlib.metadata.version(name))
         except importlib.metadata.PackageNotFoundError:
             continue
-    assert vllm_version() in installed
+    assert vllm_version(installed_vllm) in installed
 
 
 def test_vllm_parsers_reads_an_older_layout(tmp_path: Path):
