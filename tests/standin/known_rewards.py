@@ -105,6 +105,13 @@ def steps_needed(domain: str, task_id: str, failed_ids=(), tasks=()) -> int:
     return 2 * (len(_ss.played(task, solved)) + steps.count(None)) + 3
 
 
+def replayed_calls(domain: str, task_id: str, failed_ids=(), tasks=()) -> list[tuple[str, str, dict]]:
+    """The tool calls a stand-in simulation of ``task_id`` makes, in order: (requestor, name, arguments)."""
+    cid = canonical_task_id(domain, task_id, tasks)
+    solved = not _ss.id_listed(domain, cid, failed_ids)
+    return [(a.requestor, a.name, a.arguments) for a in _ss.played(_ss.get_task(domain, cid), solved)]
+
+
 def expected_reward(domain: str, task_id: str, failed_ids=(), *, malformed_ids=(),
                     max_steps: int | None = None, tasks=()) -> float:
     """Reward tau2 gives task ``task_id`` of ``domain`` when run against the stand-in.

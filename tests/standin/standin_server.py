@@ -89,8 +89,10 @@ A model served with the wrong parsers (preflight tests):
   STANDIN_TOOL_CALLS_AS_TEXT=json|hermes  tool calls come back as text content, no tool_calls: bare
                                     JSON {"name", "arguments"}, or that inside <tool_call> tags
   STANDIN_THINK=text                every reply's content starts with <think>text</think>
-/stats counts what was refused: refused_429, errors_500, resets, hangs; and lists the sampling
-arguments each role sent (sampling: role -> distinct {temperature, top_p, max_tokens, seed?}).
+/stats counts what was refused: refused_429, errors_500, resets, hangs; lists the sampling
+arguments each role sent (sampling: role -> distinct {temperature, top_p, max_tokens, seed?}); and, for
+each request failed by STANDIN_FAULT_TOOL_TURNS, how often the same body came again (tool_turn_faults:
+digest -> count; a client that retries with the history as it was sends it again byte for byte).
 """
 
 from __future__ import annotations
@@ -448,6 +450,7 @@ class State:
         self.faults = RequestFaults() if faults_on else None
         self.refused = {"refused_429": 0, "errors_500": 0, "resets": 0, "hangs": 0}
         self.sampling: dict[str, list] = {}
+        self.tool_turn_faults: dict[str, int] = {}  # body digest of a failed tool-call turn -> times sent again
 
 
 class RequestFaults:
@@ -549,6 +552,7 @@ class Handler(BaseHTTPRequestHandler):
                     "pid": os.getpid(),
                     **st.refused,
                     "sampling": st.sampling,
+                    "tool_turn_faults": st.tool_turn_faults,
                 })
         else:
             self._send(404, {"detail": "Not Found"})
@@ -579,7 +583,7 @@ class Handler(BaseHTTPRequestHandler):
             self._send(404, {"object": "error", "message": f"The model `{model}` does not exist.",
                              "type": "NotFoundError", "param": None, "code": 404})
             return
-        self._chat(req)
+        self._chat(req, hashlib.sha256(raw).hexdigest()[:16])
 
     def _fault(self, kind: str | None) -> bool:
         """Fail this request as the machinery would; True when it was failed."""
@@ -612,8 +616,11 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         return True
 
-    def _chat(self, req: dict) -> None:
+    def _chat(self, req: dict, digest: str) -> None:
         st = self.state
+        with st.lock:
+            if digest in st.tool_turn_faults:  # a failed tool-call turn, sent again
+                st.tool_turn_faults[digest] += 1
         messages = req.get("messages") or []
         system = "\n".join(_content_text(m) for m in messages if m.get("role") == "system")
         first_user = next((_content_text(m) for m in messages if m.get("role") == "user"), "")
@@ -655,7 +662,11 @@ class Handler(BaseHTTPRequestHandler):
             self._send(500, {"object": "error", "message": repr(e), "type": "InternalServerError", "param": None,
                              "code": 500})
             return
-        if st.faults and msg.get("tool_calls") and self._fault(st.faults.tool_turn(role)):
+        fault = st.faults.tool_turn(role) if st.faults and msg.get("tool_calls") else None
+        if fault:
+            with st.lock:
+                st.tool_turn_faults.setdefault(digest, 0)
+            self._fault(fault)
             return
         if task_ref and msg.get("content") != STOP_TOKEN and id_listed(
                 *task_ref.split("/", 1),
