@@ -1,7 +1,8 @@
 """What the servers are sent stays as it was, byte for byte: the request bodies of a fixed set of
 simulations (every mock task, the first task of each other domain, one at a time) against the
 stand-in, compared with tests/golden/requests.jsonl, recorded from the launcher before its client was
-made lean (issue 17: tool schemas, databases and litellm's per-call work done once).
+made lean (issue 17: tool schemas, databases and litellm's per-call work done once). Recorded again from
+that launcher (992ad7b) when the stand-in's telecom user began calling its tools: today's gave the same bytes.
 
 To record it again (only when a change of the requests is meant): python tests/test_requests.py
 """

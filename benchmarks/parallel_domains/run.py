@@ -14,8 +14,10 @@ Figure: the wall time of the whole command, 3 runs of each mode, interleaved, me
 launcher's own wall time for the simulations (summary.json, without start-up) is shown next to it.
 Two server speeds: 0.005 s/token (the brief's setting) and 0.02 s/token (a slower server), since
 which side dominates, the server or the client's CPU, decides what running domains together gains.
-The stand-in's user never makes tool calls, so telecom tasks (which need them) end after a few turns
-with reward 0: telecom is short here. Both modes must give every task the same reward.
+The stand-in's user makes the user's gold tool calls of the task its scenario names (the first with that
+scenario: most telecom tasks share theirs, so most replay another task's actions, reward mostly 0); the
+recorded figures are from before it did, when telecom tasks ended after a few turns. Both modes must give
+every task the same reward.
 
 --quick: 3 tasks per domain, one speed (0.005), 1 run of each mode.
 

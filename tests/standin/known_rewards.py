@@ -1,14 +1,17 @@
 """Rewards that real tau2-bench gives to simulations run against the stand-in server.
 
 ``expected_reward(domain, task_id, failed_ids)`` is derived from the task data and the
-stand-in's fixed script (``standin_server.agent_plan``); nothing is hard-coded per task.
+stand-in's fixed script (``standin_server.agent_steps`` / ``played``); nothing is hard-coded per task.
 
 What the stand-in does for task T (see standin_server.py):
   * its user simulator announces the *canonical* task C = the first task of T's task set
     whose ``str(user_scenario)`` equals T's (usually C == T; tau2 has tasks that share a
     scenario, e.g. mock ``create_task_1*`` and ``update_task_with_*``);
+    (``tasks``: the run's STANDIN_TASKS, whose first task with T's scenario is C instead);
   * if C is not in ``failed_ids`` its agent replays C's gold actions with
-    ``requestor == "assistant"`` (one tool call per turn, gold arguments), then sends
+    ``requestor == "assistant"`` (one tool call per turn, gold arguments) and its user those
+    with ``requestor == "user"`` (telecom), in gold order: the agent hands each run of user
+    actions over with one text, the user answers it once done; then the agent sends
     "All done: ... <C.communicate_info joined by spaces>"; otherwise it sends only a refusal;
   * the user then answers ``###STOP###`` -> termination USER_STOP, so tau2 evaluates it.
 
@@ -31,15 +34,19 @@ stand-in, hosted_vllm via litellm, max_steps=30, solved AND listed in STANDIN_FA
     every retail task is DB+COMMUNICATE with assistant-only actions, so it should hold for all.
   * airline - spot-checked (0..5 solved, 0..2 failed, 44 hits max_steps): same structure as
     retail.  Failed read-only tasks (e.g. airline 1) still score 1.0 - computed, not assumed.
-  * telecom - computed the same way but NOT validated (3 tasks spot-checked): nearly all
-    telecom tasks need *user* tool calls, which the scripted user never makes -> 0.0.
+  * telecom - the user's gold actions are the stand-in user's own tool calls (its phone);
+    validated for the telecom_small tasks of tests/test_telecom.py, solved and failed, against
+    `tau2 run` and the launcher.  Nearly every telecom scenario is shared by many tasks (it
+    tells the symptom, not the cause): without ``tasks`` most tasks replay another task's
+    actions (computed here, usually 0.0).
   Notable mock cases: create_task_1_nl_eval has no gold actions -> 1.0 even when "failed";
   create_task_1_with_env_assertions is an alias of create_task_1 (same scenario); when it is
   failed, tau2's env assertion raises "Task task_2 not found" and run_task() raises instead of
   returning a reward (expected_reward gives 0.0, what a launcher should record).
-  Step limit: n replayed actions take 2n+3 orchestrator steps; tau2 turns the final USER_STOP
-  into MAX_STEPS when the step count reaches max_steps, so the reward is 0.0 unless
-  2n+3 < max_steps (pass ``max_steps=`` to account for it; retail 4 needs max_steps >= 30).
+  Step limit: n replayed actions and h hand-overs take 2(n+h)+3 orchestrator steps; tau2 turns
+  the final USER_STOP into MAX_STEPS when the step count reaches max_steps, so the reward is
+  0.0 unless 2(n+h)+3 < max_steps (pass ``max_steps=`` to account for it; retail 4 needs
+  max_steps >= 30).
   A task in ``malformed_ids`` (STANDIN_MALFORMED_TOOL_JSON) never gets a reward from tau2:
   tau2.utils.llm_utils.generate() json.loads() the arguments and raises
   json.JSONDecodeError out of run_task(); a launcher records it as agent_error -> 0.0, which
@@ -83,25 +90,34 @@ def _env_constructor(domain: str):
     return mod.get_environment
 
 
-def canonical_task_id(domain: str, task_id: str) -> str:
+def canonical_task_id(domain: str, task_id: str, tasks=()) -> str:
     """The task id the stand-in user announces (and the agent acts on) for ``task_id``."""
-    return _ss.canonical_task_id(domain, task_id)
+    return _ss.canonical_task_id(domain, task_id, tasks)
 
 
-def steps_needed(domain: str, task_id: str, failed_ids=()) -> int:
-    """Orchestrator steps the stand-in conversation takes (user msg, 2 per action, text, STOP)."""
-    cid = canonical_task_id(domain, task_id)
+def steps_needed(domain: str, task_id: str, failed_ids=(), tasks=()) -> int:
+    """Orchestrator steps the stand-in conversation takes (user msg, 2 per action and per hand-over,
+    text, STOP)."""
+    cid = canonical_task_id(domain, task_id, tasks)
     solved = not _ss.id_listed(domain, cid, failed_ids)
-    actions, _ = _ss.agent_plan(_ss.get_task(domain, cid), solved)
-    return 2 * len(actions) + 3
+    task = _ss.get_task(domain, cid)
+    steps, _ = _ss.agent_steps(task, solved)
+    return 2 * (len(_ss.played(task, solved)) + steps.count(None)) + 3
+
+
+def replayed_calls(domain: str, task_id: str, failed_ids=(), tasks=()) -> list[tuple[str, str, dict]]:
+    """The tool calls a stand-in simulation of ``task_id`` makes, in order: (requestor, name, arguments)."""
+    cid = canonical_task_id(domain, task_id, tasks)
+    solved = not _ss.id_listed(domain, cid, failed_ids)
+    return [(a.requestor, a.name, a.arguments) for a in _ss.played(_ss.get_task(domain, cid), solved)]
 
 
 def expected_reward(domain: str, task_id: str, failed_ids=(), *, malformed_ids=(),
-                    max_steps: int | None = None) -> float:
+                    max_steps: int | None = None, tasks=()) -> float:
     """Reward tau2 gives task ``task_id`` of ``domain`` when run against the stand-in.
 
     ``failed_ids`` / ``malformed_ids``: the values of STANDIN_FAIL_TASKS /
-    STANDIN_MALFORMED_TOOL_JSON (iterables of "id" or "domain/id").
+    STANDIN_MALFORMED_TOOL_JSON (iterables of "id" or "domain/id"); ``tasks``: STANDIN_TASKS.
     """
     from tau2.data_model.message import AssistantMessage, ToolCall
     from tau2.data_model.tasks import RewardType
@@ -111,12 +127,14 @@ def expected_reward(domain: str, task_id: str, failed_ids=(), *, malformed_ids=(
     task = _ss.get_task(domain, task_id)
     if task is None:
         raise KeyError(f"{domain}/{task_id}")
-    cid = canonical_task_id(domain, task_id)
+    cid = canonical_task_id(domain, task_id, tasks)
     if _ss.id_listed(domain, cid, malformed_ids):
         return 0.0
     solved = not _ss.id_listed(domain, cid, failed_ids)
-    played, final_text = _ss.agent_plan(_ss.get_task(domain, cid), solved)
-    if max_steps is not None and 2 * len(played) + 3 >= max_steps:
+    canonical = _ss.get_task(domain, cid)
+    played = _ss.played(canonical, solved)
+    steps, final_text = _ss.agent_steps(canonical, solved)
+    if max_steps is not None and steps_needed(domain, task_id, failed_ids, tasks) >= max_steps:
         return 0.0  # MAX_STEPS termination -> tau2 gives 0.0
 
     ec = task.evaluation_criteria
@@ -141,7 +159,7 @@ def expected_reward(domain: str, task_id: str, failed_ids=(), *, malformed_ids=(
         if hasattr(m, "tool_calls") and m.tool_calls:
             pred_calls.extend(m.tool_calls)
     for i, a in enumerate(played):
-        tc = ToolCall(id=f"call_{i}", name=a.name, arguments=dict(a.arguments), requestor="assistant")
+        tc = ToolCall(id=f"call_{i}", name=a.name, arguments=dict(a.arguments), requestor=a.requestor)
         pred.get_response(tc)
         pred_calls.append(tc)
     pred.sync_tools()
@@ -186,6 +204,7 @@ def expected_reward(domain: str, task_id: str, failed_ids=(), *, malformed_ids=(
         texts = [] if history else texts
         texts += [m.content for m in history
                   if isinstance(m, AssistantMessage) and m.content]
+        texts += [_ss.HANDOVER_TEXT] * steps.count(None)
         texts.append(final_text)
         for info in ec.communicate_info:
             if not any(info.lower() in t.lower().replace(",", "") for t in texts):

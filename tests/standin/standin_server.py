@@ -7,12 +7,17 @@ It plays BOTH roles of a tau2-bench simulation from one endpoint:
   ``str(task.user_scenario)``, which is matched against the tau2 task sets
   (mock, retail, airline, telecom; loaded lazily, first chat request only).
   First turn: ``Hi, I need help. [domain:<d>] [task:<id>]``.
-  Any later turn (i.e. after the agent answered with text): ``###STOP###``.
+  Asked to act (the agent's hand-over text, ending in ``[your turn]``, or the result of its own
+  tool call): the task's next gold actions of requestor "user" as its own tool calls, one a turn,
+  as far as the next gold action of the agent; then ``Done, I did that on my phone.``
+  (telecom: the user's phone).  Any other agent text (the final one, a refusal): ``###STOP###``.
 * agent           - the system prompt starts with ``<instructions>`` and contains
   ``<policy>`` (tau2/agent/llm_agent.py SYSTEM_PROMPT).  The agent reads the
   ``[domain:..] [task:..]`` tags from the latest user message that has them and
   replays the task's gold actions (requestor == "assistant") as one tool call per
-  turn, then sends one final text message (which quotes the task's
+  turn, in gold order with the user's: where the user's actions come next, it hands
+  over with one text message (``... [your turn]``) and goes on once the user answers.
+  Then it sends one final text message (which quotes the task's
   ``communicate_info``).  Tasks listed in STANDIN_FAIL_TASKS get only a refusal.
   A first turn that names no task (the launcher's preflight probes) gets one tool
   call, as a model that calls tools answers it: the first gold action of the first
@@ -23,7 +28,9 @@ Several tau2 tasks share an identical user scenario (e.g. mock create_task_1*,
 update_task_with_*).  The user simulator cannot tell them apart, so it always
 names the FIRST task of the task set with that scenario (the "canonical" task);
 STANDIN_FAIL_TASKS / STANDIN_MALFORMED_TOOL_JSON are matched against that
-canonical id.  tests/standin/known_rewards.py accounts for this.
+canonical id.  tests/standin/known_rewards.py accounts for this.  In telecom nearly every
+scenario is shared (it tells the symptom, not the cause): STANDIN_TASKS names the tasks a
+run uses, and a scenario then names the first of those with it.
 
 Run as ``python standin_server.py --model M [--served-model-name N] --host H --port P``
 or through the fake ``vllm`` package next to this file
@@ -50,12 +57,16 @@ Environment variables (faults apply only to ports in STANDIN_FAULT_PORTS, if set
   STANDIN_MALFORMED_TOOL_JSON=a,b   agent's first turn is a tool call with invalid JSON args
   STANDIN_TASK_SETS=mock,retail     restrict/reorder the task sets searched (default:
                                     mock,retail,airline,telecom)
+  STANDIN_TASKS=set/id,set/id       the tasks of the run: a scenario names the first of these that
+                                    has it (before the first task of its task set)
   STANDIN_RECORD=path               append each chat request's body to this file as it came, one
                                     request a line (the body is JSON, which holds no raw newline)
 
 Faults of the machinery, per chat request (also only on STANDIN_FAULT_PORTS, if set), for
 fault-injection tests; what a fault does never changes the scripted replies:
   STANDIN_FAULT_ROLE=user|agent     only requests of this role get the faults below (default: all)
+  STANDIN_FAULT_TOOL_TURNS=K,K      the first requests whose scripted reply is a tool call get these
+                                    faults, one each in order (KIND as below): a user's tool-call turn
   STANDIN_FAULT_WINDOW=A:B:KIND,..  from A to B seconds after the first chat request, every
                                     request gets KIND: 429 (with Retry-After), 500 or any other
                                     HTTP status (401, say), reset (the
@@ -78,8 +89,10 @@ A model served with the wrong parsers (preflight tests):
   STANDIN_TOOL_CALLS_AS_TEXT=json|hermes  tool calls come back as text content, no tool_calls: bare
                                     JSON {"name", "arguments"}, or that inside <tool_call> tags
   STANDIN_THINK=text                every reply's content starts with <think>text</think>
-/stats counts what was refused: refused_429, errors_500, resets, hangs; and lists the sampling
-arguments each role sent (sampling: role -> distinct {temperature, top_p, max_tokens, seed?}).
+/stats counts what was refused: refused_429, errors_500, resets, hangs; lists the sampling
+arguments each role sent (sampling: role -> distinct {temperature, top_p, max_tokens, seed?}); and, for
+each request failed by STANDIN_FAULT_TOOL_TURNS, how often the same body came again (tool_turn_faults:
+digest -> count; a client that retries with the history as it was sends it again byte for byte).
 """
 
 from __future__ import annotations
@@ -104,6 +117,9 @@ GREETING = "Hi, I need help."
 FAIL_TEXT = "I'm sorry, but I am unable to help with this request."
 SOLVED_TEXT = "All done: your request has been handled."
 UNKNOWN_TEXT = "OK."
+HANDOVER_MARK = "[your turn]"
+HANDOVER_TEXT = f"Please do this next step on your phone and tell me once it is done. {HANDOVER_MARK}"
+USER_DONE_TEXT = "Done, I did that on my phone."
 
 KV_RACE_MESSAGE = (
     "ValueError: No available memory for the cache blocks. Try increasing "
@@ -193,7 +209,25 @@ def get_task(task_set: str, task_id: str):
     return None
 
 
+def run_tasks() -> list[str]:
+    """STANDIN_TASKS: the run's tasks, as 'set/id'."""
+    return [x.strip() for x in _env("STANDIN_TASKS").split(",") if x.strip()]
+
+
+def listed_match(scenario: str, tasks) -> tuple[str, str] | None:
+    """The first of tasks ('set/id') whose scenario this is."""
+    for entry in tasks:
+        ts, tid = entry.split("/", 1)
+        task = get_task(ts, tid)
+        if task is not None and _norm(str(task.user_scenario)) == _norm(scenario):
+            return ts, tid
+    return None
+
+
 def match_scenario(scenario: str) -> tuple[str, str] | None:
+    hit = listed_match(scenario, run_tasks())
+    if hit:
+        return hit
     for ts in task_sets():
         try:
             load_task_set(ts)
@@ -206,11 +240,15 @@ def match_scenario(scenario: str) -> tuple[str, str] | None:
     return None
 
 
-def canonical_task_id(task_set: str, task_id: str) -> str:
-    """The id the stand-in user will announce for this task (first task with same scenario)."""
+def canonical_task_id(task_set: str, task_id: str, tasks=()) -> str:
+    """The id the stand-in user will announce for this task (the first of tasks, the run's STANDIN_TASKS,
+    with the same scenario; else the first of its task set)."""
     task = get_task(task_set, task_id)
     if task is None:
         raise KeyError(f"{task_set}/{task_id}")
+    hit = listed_match(str(task.user_scenario), tasks)
+    if hit:
+        return hit[1]
     load_task_set(task_set)
     return _scenario_index[str(task.user_scenario)][1]
 
@@ -227,6 +265,46 @@ def agent_plan(task, solved: bool) -> tuple[list, str]:
     info = list((ec.communicate_info if ec else None) or [])
     text = SOLVED_TEXT + ("" if not info else " " + " ".join(info))
     return actions, text
+
+
+def gold_actions(task) -> list:
+    ec = task.evaluation_criteria
+    return list((ec.actions if ec else None) or [])
+
+
+def agent_steps(task, solved: bool) -> tuple[list, str]:
+    """(the agent's turns in gold order: an action of its own to replay, or None where the user's actions
+    come next - a hand-over; final text) for a canonical task."""
+    actions, text = agent_plan(task, solved)
+    if not solved:
+        return actions, text
+    steps, previous = [], None
+    for a in gold_actions(task):
+        if a.requestor == "assistant":
+            steps.append(a)
+        elif previous != a.requestor:
+            steps.append(None)
+        previous = a.requestor
+    return steps, text
+
+
+def user_runs(task) -> list[list]:
+    """The user's gold actions, one run for each hand-over of the agent (agent_steps' None)."""
+    runs: list[list] = []
+    previous = None
+    for a in gold_actions(task):
+        if a.requestor == "user":
+            if previous != "user":
+                runs.append([])
+            runs[-1].append(a)
+        previous = a.requestor
+    return runs
+
+
+def played(task, solved: bool) -> list:
+    """The gold actions a simulation of a canonical task replays, in order: none when the agent does not
+    solve it (it never hands over), else all of them (only telecom's users have gold actions, and tools)."""
+    return gold_actions(task) if solved else []
 
 
 def _tool_call(call_id: str, name: str, arguments: str) -> dict:
@@ -280,17 +358,31 @@ def detect_role(system: str) -> str:
     return "unknown"
 
 
-def user_turn(system: str, messages: list[dict]) -> tuple[dict, str | None]:
-    # The user simulator sees its own past messages as role=assistant.
-    for m in messages:
-        if m.get("role") == "assistant" and "[task:" in _content_text(m):
-            return {"content": STOP_TOKEN}, None
+def user_turn(system: str, messages: list[dict], tools: list | None, conv_key: str) -> tuple[dict, str | None]:
+    # The user simulator sees its own past messages as role=assistant, the agent's as role=user.
+    own = [m for m in messages if m.get("role") == "assistant"]
+    greeted = any("[task:" in _content_text(m) for m in own)
     found = _SCENARIO_RE.search(system)
     hit = match_scenario(found.group(1)) if found else None
     if hit is None:
-        return {"content": f"{GREETING} [domain:unknown] [task:unknown]"}, None
+        return ({"content": STOP_TOKEN} if greeted else {"content": f"{GREETING} [domain:unknown] [task:unknown]"},
+                None)
     ts, tid = hit
-    return {"content": f"{GREETING} [domain:{ts}] [task:{tid}]"}, f"{ts}/{tid}"
+    if not greeted:
+        return {"content": f"{GREETING} [domain:{ts}] [task:{tid}]"}, f"{ts}/{tid}"
+    last = messages[-1] if messages else {}
+    asked = last.get("role") == "tool" or (last.get("role") == "user" and HANDOVER_MARK in _content_text(last))
+    if not asked:
+        return {"content": STOP_TOKEN}, None
+    handovers = sum(1 for m in messages if m.get("role") == "user" and HANDOVER_MARK in _content_text(m))
+    runs = user_runs(get_task(ts, tid))
+    mine = [a for run in runs[:handovers] for a in run]  # the actions asked of it so far
+    done = sum(len(m.get("tool_calls") or []) for m in own)
+    if tools and done < len(mine):
+        a = mine[done]
+        call = _tool_call(f"chatcmpl-tool-{conv_key[:12]}-u{done}", a.name, json.dumps(a.arguments))
+        return {"content": None, "tool_calls": [call]}, f"{ts}/{tid}"
+    return {"content": USER_DONE_TEXT}, f"{ts}/{tid}"
 
 
 def agent_turn(messages: list[dict], tools: list | None, conv_key: str) -> tuple[dict, str | None]:
@@ -313,6 +405,7 @@ def agent_turn(messages: list[dict], tools: list | None, conv_key: str) -> tuple
     later = messages[tag_idx + 1 :]
     done = sum(len(m.get("tool_calls") or []) for m in later if m.get("role") == "assistant")
     replied = any(m.get("role") == "assistant" for m in later)
+    handed = sum(1 for m in later if m.get("role") == "assistant" and HANDOVER_MARK in _content_text(m))
 
     if id_listed(ts, tid, _id_list("STANDIN_MALFORMED_TOOL_JSON")) and not replied:
         actions, _ = agent_plan(task, True)
@@ -326,9 +419,11 @@ def agent_turn(messages: list[dict], tools: list | None, conv_key: str) -> tuple
                 f"{ts}/{tid}")
 
     solved = not id_listed(ts, tid, _id_list("STANDIN_FAIL_TASKS"))
-    actions, final_text = agent_plan(task, solved)
-    if done < len(actions):
-        a = actions[done]
+    steps, final_text = agent_steps(task, solved)
+    if done + handed < len(steps):
+        a = steps[done + handed]
+        if a is None:
+            return {"content": HANDOVER_TEXT}, f"{ts}/{tid}"
         call = _tool_call(f"chatcmpl-tool-{conv_key[:12]}-{done}", a.name, json.dumps(a.arguments))
         return {"content": None, "tool_calls": [call]}, f"{ts}/{tid}"
     return {"content": final_text}, f"{ts}/{tid}"
@@ -355,6 +450,7 @@ class State:
         self.faults = RequestFaults() if faults_on else None
         self.refused = {"refused_429": 0, "errors_500": 0, "resets": 0, "hangs": 0}
         self.sampling: dict[str, list] = {}
+        self.tool_turn_faults: dict[str, int] = {}  # body digest of a failed tool-call turn -> times sent again
 
 
 class RequestFaults:
@@ -371,9 +467,17 @@ class RequestFaults:
         self.retry_after = _env("STANDIN_RETRY_AFTER", "1")
         self.hang_s = float(_env("STANDIN_HANG_S", "3600") or 3600)
         self.rng = random.Random(int(_env("STANDIN_FAULT_SEED", "0") or 0))
+        self.tool_turns = [x.strip() for x in _env("STANDIN_FAULT_TOOL_TURNS").split(",") if x.strip()]
         self.first = None
         self.recent: list[float] = []
         self.lock = threading.Lock()
+
+    def tool_turn(self, role: str) -> str | None:
+        """The fault of a request whose scripted reply is a tool call (STANDIN_FAULT_TOOL_TURNS), once each."""
+        with self.lock:
+            if (self.role and role != self.role) or not self.tool_turns:
+                return None
+            return self.tool_turns.pop(0)
 
     def pick(self, role: str) -> str | None:
         """The fault this request gets: '429', '500', 'reset', 'hang' or None."""
@@ -448,6 +552,7 @@ class Handler(BaseHTTPRequestHandler):
                     "pid": os.getpid(),
                     **st.refused,
                     "sampling": st.sampling,
+                    "tool_turn_faults": st.tool_turn_faults,
                 })
         else:
             self._send(404, {"detail": "Not Found"})
@@ -478,7 +583,7 @@ class Handler(BaseHTTPRequestHandler):
             self._send(404, {"object": "error", "message": f"The model `{model}` does not exist.",
                              "type": "NotFoundError", "param": None, "code": 404})
             return
-        self._chat(req)
+        self._chat(req, hashlib.sha256(raw).hexdigest()[:16])
 
     def _fault(self, kind: str | None) -> bool:
         """Fail this request as the machinery would; True when it was failed."""
@@ -511,8 +616,11 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         return True
 
-    def _chat(self, req: dict) -> None:
+    def _chat(self, req: dict, digest: str) -> None:
         st = self.state
+        with st.lock:
+            if digest in st.tool_turn_faults:  # a failed tool-call turn, sent again
+                st.tool_turn_faults[digest] += 1
         messages = req.get("messages") or []
         system = "\n".join(_content_text(m) for m in messages if m.get("role") == "system")
         first_user = next((_content_text(m) for m in messages if m.get("role") == "user"), "")
@@ -539,7 +647,7 @@ class Handler(BaseHTTPRequestHandler):
             role = "orchestrator"
         try:
             if role == "user":
-                msg, task_ref = user_turn(system, messages)
+                msg, task_ref = user_turn(system, messages, req.get("tools"), key)
             elif role == "agent":
                 msg, task_ref = agent_turn(messages, req.get("tools"), key)
             elif role == "orchestrator":
@@ -553,6 +661,12 @@ class Handler(BaseHTTPRequestHandler):
             log(f"standin: error building reply: {e!r}")
             self._send(500, {"object": "error", "message": repr(e), "type": "InternalServerError", "param": None,
                              "code": 500})
+            return
+        fault = st.faults.tool_turn(role) if st.faults and msg.get("tool_calls") else None
+        if fault:
+            with st.lock:
+                st.tool_turn_faults.setdefault(digest, 0)
+            self._fault(fault)
             return
         if task_ref and msg.get("content") != STOP_TOKEN and id_listed(
                 *task_ref.split("/", 1),
