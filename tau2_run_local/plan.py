@@ -220,3 +220,4 @@ class Host:
     parsers: dict[tuple[str, str | None], ParserChoice] = field(default_factory=dict)  # (folder, --chat-template)
     vllm_parsers: tuple[frozenset[str], frozenset[str]] = (frozenset(), frozenset())  # tool, reasoning; empty: unknown
     vllm_version: str | None = None
+    vllm_flags: frozenset[str] = frozenset()  # the flags its serve command takes; empty: unknown

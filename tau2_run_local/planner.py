@@ -14,7 +14,9 @@ from .plan import EvalSettings, FaultPolicy, Host, Node, Plan, PoolParsers, Pool
 from .servers import build_servers
 from .settings import Request
 from .tool_parsers import NOT_READ, check_parser_names
+from .util import command_words
 from .validation import check_implementations, check_numbers, parse_gpu_ids, parse_llm_args
+from .vllm_flags import check_serve_flags
 
 
 def pool_settings(request: Request) -> tuple[PoolSettings, ...]:
@@ -121,6 +123,10 @@ def build_plan(request: Request, host: Host) -> Plan:
         servers = build_servers(request, pools, host.nodes, host.ports, host.cache_root,
                                 host.cpu_kv_gib, parsers, slurm=executor == "slurm", gpu_mib=host.gpu_mib,
                                 weight_bytes=host.weight_bytes, vllm_cli=host.vllm_cli, cpu_bf16=host.cpu_bf16)
+        wrong = check_serve_flags((s.argv for s in servers), command_words(request.vllm_arg), host.vllm_flags,
+                                  host.vllm_version)
+        if wrong:
+            raise UsageError(wrong)
         agent_urls = tuple(s.url for s in servers if s.role == "agent")
         user_server_urls = tuple(s.url for s in servers if s.role == "user")
     user_llm, user_urls = resolve_user(request, agent_name, agent_urls, user_server_urls, config)

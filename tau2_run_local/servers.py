@@ -14,6 +14,7 @@ from .placement import assign_lanes, kv_cache_bytes, memory_share, place_servers
 from .plan import Node, PoolParsers, PoolSettings, ServerSpec
 from .settings import Request
 from .util import command_words
+from .vllm_flags import CLI_ENTRY, OLD_ENTRY
 
 
 def vllm_argv(model: str, served: str, host: str, port: int, tp: int, mem: float | None,
@@ -25,8 +26,7 @@ def vllm_argv(model: str, served: str, host: str, port: int, tp: int, mem: float
     distribution it does not install, and fails) the old entry, with its one API server. Tool calling is on
     for every server (in telecom the user simulator calls tools too), with its pool's parsers; the chat
     template is the agent's alone."""
-    entry = (["vllm.entrypoints.cli.main", "serve", model] if cli
-             else ["vllm.entrypoints.openai.api_server", "--model", model])
+    entry = [CLI_ENTRY, "serve", model] if cli else [OLD_ENTRY, "--model", model]
     argv = [sys.executable, "-m", *entry, "--served-model-name", served, "--host", host, "--port", str(port),
             "--enable-auto-tool-choice", "--tool-call-parser", parsers.tool_call_parser]
     given = {w.split("=")[0] for w in command_words(request.vllm_arg)}  # the user's own count wins

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port, run_launcher, word_tokenizer_model
+from conftest import free_port, run_launcher, standin_env, word_tokenizer_model
 
 KEY = {"OPENAI_API_KEY": "sk-test-not-a-real-key"}
 
@@ -134,3 +134,16 @@ def test_a_context_too_short_for_the_first_turn(workdir: Path):
     assert_refused(workdir, ["--agent-model", str(model), "--domains", "mock", "--max-model-len", "200",
                              "--max-new-tokens", "64"],
                    "--max-model-len 200 cannot hold mock's first turn: the agent's prompt has ", KEY)
+
+
+def test_a_flag_the_installed_vllm_does_not_take(workdir: Path, model_dir: Path, tmp_path: Path):
+    """The stand-in plays a vLLM without --max-model-len (its serve --help=all does not list it): that flag of
+    the launcher's and a misspelt --vllm-arg are one line, read from vLLM's own help, before any server."""
+    cache = tmp_path / "xdg_cache"
+    assert_refused(workdir, ["--agent-model", str(model_dir), "--max-model-len", "8192", "--vllm-arg=--enforce-eagr"],
+                   "vLLM 0.0.0+standin takes no --enforce-eagr (did you mean --enforce-eager?), given with "
+                   "--vllm-arg: drop it, or spell it as its `vllm serve --help=all` does; and no --max-model-len, "
+                   "which the launcher passes to its servers: `make setup` installs the tested vLLM",
+                   {**KEY, **standin_env(without_flags="--max-model-len"), "XDG_CACHE_HOME": str(cache)})
+    kept = json.loads(next((cache / "tau2_run_local" / "vllm_serve_flags").glob("*.json")).read_text())
+    assert "--enforce-eager" in kept["flags"] and "--max-model-len" not in kept["flags"]

@@ -1,6 +1,7 @@
 """Fake ``python -m vllm.entrypoints.openai.api_server``: starts the deterministic stand-in.
 
-All vLLM flags other than --model/--served-model-name/--host/--port are accepted and ignored.
+It takes --model and the flags tests/standin/vllm/__init__.py lists, as the old entry of vLLM takes its
+own: another flag is argparse's error; ``--help=all`` lists them.
 """
 
 import os
@@ -12,5 +13,8 @@ if _STANDIN_DIR not in sys.path:
 
 import standin_server  # noqa: E402  (tests/standin/, on sys.path above)
 
+from vllm import check_serve_args  # noqa: E402
+
 if __name__ == "__main__":
+    check_serve_args(sys.argv[1:], "api_server.py", model_flag=True)
     standin_server.main(sys.argv[1:])
