@@ -3,8 +3,6 @@ and the summary of a whole evaluation.
 """
 from __future__ import annotations
 
-import contextlib
-import json
 import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -13,6 +11,7 @@ from typing import Any
 
 from .evaluation import Evaluation
 from .plan import hosted
+from .preflight import tool_call_format
 from .results import DomainRun, sim_reward
 
 
@@ -108,26 +107,12 @@ def failure_counts(run: DomainRun) -> dict[str, int]:
     }
 
 
-def is_tool_call_text(text: Any) -> bool:
-    """Text holding a JSON object shaped like a tool call ({"name": ..., "arguments": {...}})."""
-    if not isinstance(text, str):
-        return False
-    decoder = json.JSONDecoder()
-    for start in (i for i, ch in enumerate(text) if ch == "{"):
-        with contextlib.suppress(ValueError):
-            obj, _ = decoder.raw_decode(text, start)
-            if isinstance(obj, dict) and isinstance(obj.get("name"), str) and (
-                    isinstance(obj.get("arguments"), dict) or isinstance(obj.get("parameters"), dict)):
-                return True
-    return False
-
-
 def unparsed_tool_calls(simulations: Iterable[Any]) -> int:
     """Agent replies that carry a tool call as text and none as tool_calls: the server's tool-call parser
-    does not read the model's format."""
+    does not read the model's format. Text is judged as the preflight judges its probes' replies."""
     return sum(1 for sim in simulations for msg in sim.messages
                if getattr(msg, "role", None) == "assistant" and not getattr(msg, "tool_calls", None)
-               and is_tool_call_text(getattr(msg, "content", None)))
+               and isinstance(content := getattr(msg, "content", None), str) and tool_call_format(content))
 
 
 def domain_summary(run: DomainRun, models: dict[str, str],

@@ -7,10 +7,11 @@ import pytest
 
 from conftest import cpu_plan
 from tau2_run_local.evaluation import Evaluation
+from tau2_run_local.preflight import tool_call_format
 from tau2_run_local.report_files import summary_markdown
 from tau2_run_local.results import DomainRun
 from tau2_run_local.routing import Router
-from tau2_run_local.scoring import is_success, is_tool_call_text, pass_hat_k, score, summarize, unparsed_tool_calls
+from tau2_run_local.scoring import is_success, pass_hat_k, score, summarize, unparsed_tool_calls
 
 
 def synthetic_results(domain: str, trials: int, seed: int):
@@ -73,9 +74,10 @@ def test_tool_calls_left_in_text_are_counted_for_the_parser_hint():
         NS(role="assistant", content=call, tool_calls=None),  # bare JSON, missed by the parser
         NS(role="assistant", content="Sure:\n```json\n" + call + "\n```", tool_calls=[]),  # fenced
         NS(role="assistant", content=None, tool_calls=[NS(name="get_order_details")]),  # parsed
+        NS(role="assistant", content="[get_order_details(order_id='#W1')]", tool_calls=None),  # pythonic
         NS(role="assistant", content='Your order is {"id": "#W1"}.', tool_calls=None),  # data, no call
         NS(role="user", content=call, tool_calls=None),  # the user simulator's text does not count
     ]
-    assert unparsed_tool_calls([NS(messages=messages)]) == 2
-    assert not is_tool_call_text('{"name": "x", "arguments": "not an object"}')
-    assert not is_tool_call_text("{ not json")
+    assert unparsed_tool_calls([NS(messages=messages)]) == 3  # judged as the preflight judges a probe's reply
+    assert not tool_call_format('{"name": "x", "arguments": "not an object"}')
+    assert not tool_call_format("{ not json")
