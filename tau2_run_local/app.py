@@ -29,7 +29,7 @@ from .report_files import LiveReport, how_to_finish, print_summary, write_report
 from .results import open_domain
 from .routing import Router
 from .sbatch import job_script, submit_job
-from .scoring import unparsed_tool_calls
+from .scoring import parser_hint
 from .settings import Request
 from .tasks import load_tasks, trial_seeds
 from .tau2_loader import load_tau2
@@ -150,13 +150,9 @@ def evaluate_checkpoint(request: Request, argv: Sequence[str], console: Any) -> 
     for run in runs.values():
         if run.error:
             print(f"run_local.py: {run.domain} stopped: {run.error}", file=sys.stderr)
-    untaken = unparsed_tool_calls(sim for run in runs.values() for sim in run.results.simulations)
-    if untaken:
-        print(f"run_local.py: {untaken} agent replies hold a tool call as text (JSON with \"name\" and "
-              f"\"arguments\") that the servers' tool-call parser did not turn into a call; pick the model's "
-              f"parser with --tool-call-parser (bare JSON calls: llama3_json)"
-              + (f"; this run used {plan.agent_parser()}" if plan.agent_parser() else ""),
-              file=sys.stderr)
+    hint = parser_hint((sim for run in runs.values() for sim in run.results.simulations), plan.agent_parser())
+    if hint:
+        print(hint, file=sys.stderr)
     unfinished = how_to_finish(runs, argv, secrets)
     if unfinished:
         print(unfinished, file=sys.stderr)

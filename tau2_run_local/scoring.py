@@ -107,12 +107,25 @@ def failure_counts(run: DomainRun) -> dict[str, int]:
     }
 
 
-def unparsed_tool_calls(simulations: Iterable[Any]) -> int:
-    """Agent replies that carry a tool call as text and none as tool_calls: the server's tool-call parser
-    does not read the model's format. Text is judged as the preflight judges its probes' replies."""
-    return sum(1 for sim in simulations for msg in sim.messages
-               if getattr(msg, "role", None) == "assistant" and not getattr(msg, "tool_calls", None)
-               and isinstance(content := getattr(msg, "content", None), str) and tool_call_format(content))
+def unparsed_tool_calls(simulations: Iterable[Any]) -> Counter[tuple[str, str]]:
+    """Agent replies that carry a tool call as text and none as tool_calls (the server's tool-call parser does
+    not read the model's format), counted by (what the text looks like, the vLLM parser that reads it): text
+    is judged as the preflight judges its probes' replies."""
+    return Counter(found for sim in simulations for msg in sim.messages
+                   if getattr(msg, "role", None) == "assistant" and not getattr(msg, "tool_calls", None)
+                   and isinstance(content := getattr(msg, "content", None), str)
+                   and (found := tool_call_format(content)))
+
+
+def parser_hint(simulations: Iterable[Any], used: str | None) -> str | None:
+    """The closing line for replies that held a tool call as text: how many, and the parser they call for."""
+    found = unparsed_tool_calls(simulations)
+    if not found:
+        return None
+    (what, parser), _ = found.most_common(1)[0]
+    return (f"run_local.py: {found.total()} agent replies hold a tool call as text ({what}) that the servers' "
+            f"tool-call parser did not turn into a call: serve with --tool-call-parser {parser}"
+            + (f" (this run used {used})" if used else ""))
 
 
 def domain_summary(run: DomainRun, models: dict[str, str],

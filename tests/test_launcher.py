@@ -164,6 +164,18 @@ def test_preflight_stops_a_run_that_would_score_zero(tmp_path: Path, served: dic
     assert_groups_gone(started_pgids(result.stdout))
 
 
+def test_skip_preflight_runs_anyway_and_the_closing_line_names_the_parser(tmp_path: Path):
+    """--skip-preflight with the wrong parser: the run goes on, scores what the model did, and its closing line
+    counts the replies that held a tool call as text and names the parser that reads them."""
+    result = run_launcher(launcher_args(tmp_path, "--domains", "mock", "--num-tasks", "2", "--start-port", "auto",
+                                        "--skip-preflight"), env=standin_env(tool_calls_as_text="json"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "preflight:" not in result.stdout
+    line = [x for x in result.stderr.splitlines() if "hold a tool call as text" in x]
+    assert len(line) == 1 and line[0].endswith("serve with --tool-call-parser llama3_json (this run used hermes)")
+    assert int(line[0].split("run_local.py: ")[1].split(" ")[0]) >= 1
+
+
 def test_crash_at_startup_fails_fast_with_log_tail_and_command(tmp_path: Path):
     began = time.monotonic()
     result = run_launcher(launcher_args(tmp_path, "--domains", "mock", "--start-port", "auto"),

@@ -11,7 +11,7 @@ from tau2_run_local.preflight import tool_call_format
 from tau2_run_local.report_files import summary_markdown
 from tau2_run_local.results import DomainRun
 from tau2_run_local.routing import Router
-from tau2_run_local.scoring import is_success, pass_hat_k, score, summarize, unparsed_tool_calls
+from tau2_run_local.scoring import is_success, parser_hint, pass_hat_k, score, summarize, unparsed_tool_calls
 
 
 def synthetic_results(domain: str, trials: int, seed: int):
@@ -78,6 +78,12 @@ def test_tool_calls_left_in_text_are_counted_for_the_parser_hint():
         NS(role="assistant", content='Your order is {"id": "#W1"}.', tool_calls=None),  # data, no call
         NS(role="user", content=call, tool_calls=None),  # the user simulator's text does not count
     ]
-    assert unparsed_tool_calls([NS(messages=messages)]) == 3  # judged as the preflight judges a probe's reply
+    found = unparsed_tool_calls([NS(messages=messages)])  # judged as the preflight judges a probe's reply
+    assert found.total() == 3 and found[('bare JSON {"name": ..., "arguments": ...}', "llama3_json")] == 2
+    assert parser_hint([NS(messages=messages)], "hermes") == (
+        'run_local.py: 3 agent replies hold a tool call as text (bare JSON {"name": ..., "arguments": ...}) that '
+        "the servers' tool-call parser did not turn into a call: serve with --tool-call-parser llama3_json "
+        "(this run used hermes)")
+    assert parser_hint([NS(messages=messages[2:3])], "hermes") is None
     assert not tool_call_format('{"name": "x", "arguments": "not an object"}')
     assert not tool_call_format("{ not json")

@@ -48,7 +48,7 @@ def domain_figures(path: Path) -> dict:
         llm_calls.append(n)
         serial.append((n, made))
     unparsed = unparsed_tool_calls(
-        type("S", (), {"messages": [type("M", (), m) for m in s["messages"]]}) for s in sims)
+        type("S", (), {"messages": [type("M", (), m) for m in s["messages"]]}) for s in sims).total()
     durations = [s["duration"] for s in sims]
     starts, ends = [stamp(s["start_time"]) for s in sims], [stamp(s["end_time"]) for s in sims]
     return {
