@@ -377,7 +377,7 @@ def test_servers_bound_beyond_loopback_require_the_runs_key_which_is_written_now
     assert dry.returncode == 0, dry.stderr
     assert "lane 0  key" in dry.stdout and " VLLM_API_KEY=*** " in dry.stdout
     assert "require a fresh random key made for this run (they bind 0.0.0.0, beyond loopback)" in dry.stdout
-    proc = start_in_background(tmp_path, args, standin_env(token_delay="0.05"))
+    proc = start_in_background(tmp_path, args, standin_env(token_delay="0.02"))
     wait_for_first_simulation(proc, tmp_path / "out" / "mock.json")
     key = server_key(tmp_path)
     assert len(key) >= 40

@@ -3,10 +3,12 @@ slurmctld, one slurmd per node, fake GPUs handed to job steps as CUDA_VISIBLE_DE
 server plays vLLM.
 
 The cluster fixture `slurm` has two layouts (its parameter): "same", where every node is this host at
-127.0.0.1 (fast; servers on different nodes get different ports), and "separate", where every node is a
-host of its own, a network namespace with its own address; there the launcher runs on the allocation's
-first node, as in a batch script, and reaches the servers of the other nodes over the (emulated) network.
-Tests marked ON_BOTH run in both layouts."""
+127.0.0.1 (servers on different nodes get different ports), and "separate", where every node is a host of
+its own, a network namespace with its own address; there the launcher runs on the allocation's first
+node, as in a batch script, and reaches the servers of the other nodes over the (emulated) network, as on
+a cluster. The tests run on separate hosts only: on one host they would prove nothing more, every node's
+address being 127.0.0.1 there, and one cluster starts instead of two. TEST_SLURM_HOSTS=same,separate runs
+the tests marked IN_LAYOUTS in both, as benchmarks/slurm_hosts does to measure what separate hosts cost."""
 from __future__ import annotations
 
 import contextlib
@@ -47,7 +49,7 @@ class Slurm(dict):
         return self.layout.on(node)
 
 
-@pytest.fixture(scope="session", params=["same"])
+@pytest.fixture(scope="session", params=["separate"])
 def slurm(request, tmp_path_factory) -> Iterator[Slurm]:
     """A 2-node cluster of 4 fake GPUs and 8 CPUs per node, laid out as the parameter says (cluster.HOSTS);
     every daemon stopped, and the network namespaces and bridge of separate hosts removed, at the end."""
@@ -60,7 +62,8 @@ def slurm(request, tmp_path_factory) -> Iterator[Slurm]:
         cluster.stop(folder)
 
 
-ON_BOTH = pytest.mark.parametrize("slurm", cluster.HOSTS, indirect=True)  # same host, then separate hosts
+LAYOUTS = tuple(os.environ.get("TEST_SLURM_HOSTS", "separate").split(","))
+IN_LAYOUTS = pytest.mark.parametrize("slurm", LAYOUTS, indirect=True)
 
 
 @contextlib.contextmanager
@@ -178,7 +181,7 @@ def load_results(path: Path):
 # ----------------------------------------------------------------------------------------------
 
 
-@ON_BOTH
+@IN_LAYOUTS
 def test_two_nodes_agents_on_both_and_a_user_pool_of_tensor_parallel_2(tmp_path: Path, slurm):
     """3 GPUs a node: agents on n1's three and n2's first, the user server (TP 2) on n2's last two.
     On separate hosts the launcher runs on n1 and reaches n2's servers at n2's address."""
@@ -200,6 +203,10 @@ def test_two_nodes_agents_on_both_and_a_user_pool_of_tensor_parallel_2(tmp_path:
         result = run_launcher_on(slurm, alloc, args, env={**alloc, **standin_env(spawn_child="1")})
         assert result.returncode == 0, result.stderr
         assert_nothing_left(slurm, tmp_path)
+    # the preflight's probes carry the key too: both pools answered them (a 401 would be a warning)
+    probed = [line.split(" preflight: ", 1)[1] for line in result.stdout.splitlines() if " preflight: " in line]
+    assert [p.split(":")[0] for p in probed[:2]] == ["agent", "user simulator"], probed
+    assert not any("warning:" in p or "stop:" in p for p in probed), probed
     seen = {port: starts[0] for port, starts in placements(tmp_path / "logs").items()}
     nodes = {p: seen[str(p)]["SLURMD_NODENAME"] for p in range(port, port + 5)}
     assert nodes == {port: "n1", port + 1: "n1", port + 2: "n1", port + 3: "n2", port + 4: "n2"}
@@ -223,7 +230,7 @@ def test_two_nodes_agents_on_both_and_a_user_pool_of_tensor_parallel_2(tmp_path:
     assert manifest["endpoints"]["user"] == [f"http://{address['n2']}:{port + 4}/v1"]
 
 
-@ON_BOTH
+@IN_LAYOUTS
 def test_a_step_that_dies_is_routed_around_and_restarted(tmp_path: Path, slurm):
     with allocation(slurm) as alloc:
         port = cluster.free_port_block(2)
@@ -249,7 +256,7 @@ def test_a_step_that_dies_is_routed_around_and_restarted(tmp_path: Path, slurm):
     assert listed and all(e in at_own_node for e in listed), listed
 
 
-@ON_BOTH
+@IN_LAYOUTS
 def test_ctrl_c_leaves_no_step_and_no_process(tmp_path: Path, slurm):
     with allocation(slurm) as alloc:
         args = launcher_args(tmp_path, "--domains", "mock", "--num-servers", "4", "--gpu-ids", "0,1",
@@ -287,7 +294,7 @@ def test_ctrl_c_leaves_no_step_and_no_process(tmp_path: Path, slurm):
     assert 1 <= len(load_results(results).simulations) < 9
 
 
-@ON_BOTH
+@IN_LAYOUTS
 def test_sbatch_submits_a_job_that_writes_the_results_and_resumes(tmp_path: Path, slurm):
     login = {"SLURM_CONF": slurm["SLURM_CONF"], **standin_env()}
     args = launcher_args(tmp_path, "--domains", "mock", "--num-servers", "3", "--start-port", "auto",
@@ -402,11 +409,13 @@ def test_sbatch_jobs_outlive_preemption_and_their_time_limit_and_only_the_run_re
     (started either to its end, in one job, or interrupted and run again), in the results once, the summary
     τ²-bench's metrics, no step or process left. While it runs, its servers refuse calls without the key
     (401), which no file and no command line holds; what it writes is its owner's alone."""
-    # 36 simulations of at least 6 s each, 2 at a time: more than the 90 s a 2-minute job runs at most
+    # 32 simulations of 2.4-8.5 s (a trial of mock's first 8 tasks: 52 s, 26 s on 2 lanes; 105 s in all): more
+    # than a 2-minute job simulates at most (warned 30-60 s before its limit, after ~6 s to start its servers).
+    # No preflight: the other tests probe keyed servers on separate hosts; here it would cost each job seconds
     login = {"SLURM_CONF": slurm["SLURM_CONF"], **standin_env(token_delay="0.08")}
-    args = launcher_args(tmp_path, "--domains", "mock", "--num-trials", "4", "--num-servers", "2",
-                         "--start-port", "auto", "--max-concurrency", "2", "--sbatch", "--slurm-nodes", "2",
-                         "--slurm-time", "00:02:00")
+    args = launcher_args(tmp_path, "--domains", "mock", "--num-tasks", "8", "--num-trials", "4",
+                         "--num-servers", "2", "--start-port", "auto", "--max-concurrency", "2", "--sbatch",
+                         "--slurm-nodes", "2", "--slurm-time", "00:02:00", "--skip-preflight")
     submitted = run_launcher(args, env=login)
     assert submitted.returncode == 0, submitted.stderr
     first = re.search(r"submitted SLURM job (\d+)", submitted.stdout).group(1)
@@ -437,7 +446,7 @@ def test_sbatch_jobs_outlive_preemption_and_their_time_limit_and_only_the_run_re
         if not queued:
             break
         assert time.monotonic() < deadline, f"the jobs did not finish: {sorted(seen)}"
-        time.sleep(1)
+        time.sleep(0.5)
     assert_nothing_left(slurm, tmp_path)
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     jobs = summary["jobs"]
@@ -451,10 +460,10 @@ def test_sbatch_jobs_outlive_preemption_and_their_time_limit_and_only_the_run_re
     assert jobs[-1]["outcome"] == "finished its work" and jobs[-1]["resubmitted_as"] is None
     # every simulation ran once: finished in exactly one job, or interrupted there and started again
     sims = load_results(results).simulations
-    assert len({(s.trial, s.task_id) for s in sims}) == len(sims) == 36
-    assert sum(j["simulations_finished"] for j in jobs) == 36
+    assert len({(s.trial, s.task_id) for s in sims}) == len(sims) == 32
+    assert sum(j["simulations_finished"] for j in jobs) == 32
     started = sum(p.read_text().count("STARTING SIMULATION") for p in (tmp_path / "logs").glob("run_local_*.log"))
-    assert started == 36 + sum(j["simulations_interrupted"] for j in jobs)
+    assert started == 32 + sum(j["simulations_interrupted"] for j in jobs)
     from tau2.metrics.agent_metrics import compute_metrics
     metrics, domain = compute_metrics(load_results(results)), summary["domains"]["mock"]
     assert domain["status"] == "complete" and domain["avg_reward"] == pytest.approx(metrics.avg_reward)
