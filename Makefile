@@ -65,6 +65,7 @@ benchmarks: model
 	$(PY) benchmarks/slurm_startup/run.py
 	$(PY) benchmarks/slurm_hosts/run.py
 	$(PY) benchmarks/lean_client/run.py
+	$(PY) benchmarks/slurm_resubmit/run.py
 
 clean:
 	rm -rf outputs logs .pytest_cache

@@ -14,7 +14,7 @@ loguru sink, the τ²-bench registry, os._exit). tests/test_layers.py holds all 
   app             app              one evaluation: check, start, simulate, report, stop
                   watch            --watch: each new checkpoint, a leaderboard across them
                   compare          --compare: output folders side by side, with intervals
-                  sbatch           --sbatch: a job script for a SLURM allocation
+                  sbatch           --sbatch: a job script for a SLURM allocation; resubmitted if stopped
                   dry_run          --dry-run: the plan as a person reads it
                   first_turn       the first turn: its tokens before the start, the preflight once servers serve
   reports         report_files     summary.json/.md, manifest.json, report.html (live), the table
@@ -56,7 +56,7 @@ loguru sink, the τ²-bench registry, os._exit). tests/test_layers.py holds all 
                   settings         the command line and the Request it becomes
                   defaults         the launcher's fixed choices
   utilities       util             atomic writes, time, redaction, the rerun command
-                  readiness        is a server serving (/health, /v1/models)
+                  readiness        is a server serving (/health, /v1/models), with its key
                   errors           bad input (exit 2) and a failed server (exit 1)
                   trackers         W&B, MLflow, TensorBoard: one point per checkpoint step, a ledger
 """

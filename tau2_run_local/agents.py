@@ -18,12 +18,12 @@ from .faults import CallGuard
 
 def guarded(model: Any, generate: Callable[[Any, Any], Any], message: Any, state: Any) -> Any:
     """One of τ²-bench's generate_next_message calls, through the simulation's guard: each try goes to the
-    guard's server and sees the history as it was before the failed try."""
+    guard's server, with its key if it requires one, and sees the history as it was before the failed try."""
     kept = len(state.messages)
 
     def attempt() -> Any:
         if model.guard.lease:
-            model.llm_args["api_base"] = model.guard.lease.url
+            model.llm_args.update(model.guard.lease.call_args())
         return generate(message, state)
 
     def rollback() -> None:

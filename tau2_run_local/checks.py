@@ -10,8 +10,9 @@ from . import trackers
 from .errors import UsageError
 from .host import check_ports
 from .plan import Plan
-from .readiness import serves
+from .readiness import models_status
 from .settings import Request
+from .util import command_words
 
 
 def check_model_dir(path: str, flag: str) -> None:
@@ -42,16 +43,30 @@ def needed_api_key(model: str) -> str | None:
     return None
 
 
-def check_endpoints(plan: Plan) -> None:
-    """Servers that must already be up (--skip-server-start, --user-api-base) do serve."""
+def check_endpoints(plan: Plan, keys: dict[str, str]) -> None:
+    """Servers that must already be up (--skip-server-start, --user-api-base) do serve, to the key they get."""
     started = {s.url for s in plan.servers}
+
+    def refused(url: str, status: int) -> str:
+        if status != 401:
+            return ""
+        return (f"; it refuses the key in ${plan.api_key_env} (HTTP 401)" if url in keys else
+                "; it requires a key (HTTP 401): name its variable with --api-key-env")
+
     for url in plan.agent_urls:
-        if url not in started and not serves(url, plan.agent_name):
+        if url not in started and (status := models_status(url, plan.agent_name, key=keys.get(url, ""))) != 200:
             raise UsageError(f"endpoint {url} does not serve {plan.agent_name!r} (no 200 from /health "
-                             "and /v1/models); start it or fix the endpoint file")
+                             f"and /v1/models){refused(url, status)}; start it or fix the endpoint file")
     for url in plan.user_urls:
-        if url not in started and not serves(url):
-            raise UsageError(f"user-simulator endpoint {url} does not answer /health")
+        if url not in started and (status := models_status(url, key=keys.get(url, ""))) != 200:
+            raise UsageError(f"user-simulator endpoint {url} does not answer /health{refused(url, status)}")
+
+
+def api_key(plan: Plan, env: dict[str, str]) -> str:
+    """The key of --api-key-env, which must be set; '' without the option."""
+    if plan.api_key_env and not env.get(plan.api_key_env):
+        raise UsageError(f"--api-key-env {plan.api_key_env}: ${plan.api_key_env} is not set (or empty)")
+    return env.get(plan.api_key_env, "") if plan.api_key_env else ""
 
 
 def check_report_to(names: tuple[str, ...]) -> None:
@@ -66,6 +81,11 @@ def check_report_to(names: tuple[str, ...]) -> None:
 
 def check_inputs(request: Request, plan: Plan, env: dict[str, str]) -> None:
     """Everything that can be known wrong before a process starts."""
+    given_key = api_key(plan, env)
+    if "--api-key" in (word.split("=", 1)[0] for word in command_words(request.vllm_arg)):
+        raise UsageError("--vllm-arg=--api-key puts the key on every server's command line, which any user of the "
+                         "node reads with ps, and this run would not send it; export it and pass its name with "
+                         "--api-key-env NAME")
     check_report_to(request.report_to)
     if plan.servers:
         assert request.agent_model  # build_plan plans servers only with one
@@ -91,4 +111,4 @@ def check_inputs(request: Request, plan: Plan, env: dict[str, str]) -> None:
     check_writable_dir(plan.eval.output_dir, "--output-dir")
     check_writable_dir(plan.log_dir, "--log-dir")
     check_writable_dir(plan.config_path.parent, "--model-config-path")
-    check_endpoints(plan)
+    check_endpoints(plan, plan.endpoint_keys(given_key))

@@ -16,6 +16,7 @@ from .watch import watch_checkpoints
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    os.umask(0o077)  # every file and folder the launcher (and what it starts) writes is its owner's alone
     argv = list(sys.argv[1:] if argv is None else argv)
     request = parse_request(argv, os.environ)
     from rich.console import Console

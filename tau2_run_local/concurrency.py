@@ -30,6 +30,7 @@ class Concurrency:
     target: int
     ceiling: int
     gauges: tuple[str, ...]  # server roots whose /metrics steer it; () = fixed
+    keys: dict[str, str] = field(default_factory=dict, repr=False)  # root -> the key that server requires
     period: float = 5.0
     in_flight: int = 0
     peak: int = 0
@@ -56,7 +57,7 @@ class Concurrency:
         if not self.gauges or now < self._next:
             return
         self._next = now + self.period
-        seen = [g for g in map(vllm_gauges, self.gauges) if g]
+        seen = [g for g in (vllm_gauges(root, key=self.keys.get(root, "")) for root in self.gauges) if g]
         if not seen:
             return
         waiting, kv = sum(g["waiting"] for g in seen), max(g["kv"] for g in seen)
@@ -79,11 +80,12 @@ VLLM_GAUGES = {"vllm:num_requests_running": "running", "vllm:num_requests_waitin
                "vllm:kv_cache_usage_perc": "kv", "vllm:gpu_cache_usage_perc": "kv"}
 
 
-def vllm_gauges(root: str, timeout: float = 1.0) -> dict[str, float] | None:
-    """A vLLM server's requests running and waiting and its KV-cache use (0-1), from /metrics;
-    None when it has no such metrics."""
+def vllm_gauges(root: str, timeout: float = 1.0, key: str = "") -> dict[str, float] | None:
+    """A vLLM server's requests running and waiting and its KV-cache use (0-1), from /metrics (which vLLM
+    leaves open; a keyed server gets its key all the same); None when it has no such metrics."""
+    request = urllib.request.Request(f"{root}/metrics", headers={"Authorization": f"Bearer {key}"} if key else {})
     try:
-        with urllib.request.urlopen(f"{root}/metrics", timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             text = response.read().decode("utf-8", "replace")
     except (OSError, ValueError):
         return None
@@ -97,10 +99,10 @@ def vllm_gauges(root: str, timeout: float = 1.0) -> dict[str, float] | None:
     return found if {"running", "waiting", "kv"} <= found.keys() else None
 
 
-def make_concurrency(plan: Plan) -> Concurrency:
+def make_concurrency(plan: Plan, keys: dict[str, str] | None = None) -> Concurrency:
     e = plan.eval
     start = min(e.max_concurrency, ADAPTIVE_START_PER_SERVER * max(len(plan.agent_urls), 1))
     gauges = tuple(dict.fromkeys(u.removesuffix("/v1") for u in (*plan.agent_urls, *plan.user_urls)))
     if not e.adaptive_concurrency:
         return Concurrency(e.max_concurrency, e.max_concurrency, ())
-    return Concurrency(start, e.max_concurrency, gauges)
+    return Concurrency(start, e.max_concurrency, gauges, {u.removesuffix("/v1"): k for u, k in (keys or {}).items()})

@@ -26,7 +26,8 @@ def describe_plan(plan: Plan) -> str:
                 lines.append(f"  node {node} (clients reach it at {on_node[0].address}):")
             lines += [f"{indent}{s.role:6} {s.served_name if s.role == 'expert' else '':10} port {s.port}  "
                       f"GPUs {','.join(s.gpus) or 'cpu':8} lane {s.lane}"
-                      + (f"  KV cache {s.kv_cache_bytes / 2**30:.1f} GiB" if s.kv_cache_bytes else "") for s in on_node]
+                      + (f"  KV cache {s.kv_cache_bytes / 2**30:.1f} GiB" if s.kv_cache_bytes else "")
+                      + ("  key" if s.keyed else "") for s in on_node]
         lines.append("server commands:")
         lines += [f"  {s.shell_command()}" for s in plan.servers]
         lines += [f"note: {note}" for note in plan.notes]
@@ -34,6 +35,7 @@ def describe_plan(plan: Plan) -> str:
         lines += [f"  {p.line()}" for p in plan.parsers]
     else:
         lines.append(f"servers: already running, from {plan.config_path}")
+    lines += key_lines(plan)
     lines.append(f"endpoint file {plan.config_path}:")
     pools = config_pools(plan)
     doc = {name: [{"ip_addr": h, "port": p} for h, p in map(split_url, urls)] for name, urls in pools.items()}
@@ -75,3 +77,19 @@ def describe_plan(plan: Plan) -> str:
             cmd += ["--task-ids", *e.task_ids]
         lines.append("  " + shlex.join(cmd))
     return "\n".join(lines)
+
+
+def key_lines(plan: Plan) -> list[str]:
+    """Which servers require a key and whose, and which endpoints are called with one (never the key)."""
+    keyed = [s for s in plan.servers if s.keyed]
+    lines = []
+    if keyed:
+        whose = f"the key in ${plan.api_key_env}" if plan.api_key_env else "a fresh random key made for this run"
+        why = "" if plan.api_key_env else f" (they bind {keyed[0].host}, beyond loopback)"
+        lines.append(f"keys: the {len(keyed)} server(s) marked 'key' require {whose}{why}, given to each in "
+                     "VLLM_API_KEY of its environment, never on a command line nor in a file; every call of this "
+                     "run sends it")
+    given = sorted(set(plan.endpoint_keys("*")) - {s.url for s in plan.servers})
+    if given:
+        lines.append(f"keys: {', '.join(given)} are called with the key in ${plan.api_key_env}")
+    return lines

@@ -40,6 +40,8 @@ class Evaluation:
     expert_pools: dict[str, Router] = field(default_factory=dict)  # experts reached at servers
     share: int = 1  # in a worker process: its share of the user's pacing limits is 1/share
     tell: Callable[[tuple], None] | None = None  # in a worker process: its line to the coordinator
+    keys: dict[str, str] = field(default_factory=dict, repr=False)  # endpoint -> the key it requires
+    interrupted: int = 0  # simulations in flight when the run was stopped
     concurrency: Concurrency = field(init=False)
 
     def __post_init__(self) -> None:
@@ -48,8 +50,8 @@ class Evaluation:
         def part(n: int) -> int:
             return max(1, math.ceil(n / self.share))
 
-        self.concurrency = make_concurrency(self.plan)
-        self.expert_pools = {x.name: Router(x.urls) for x in self.plan.experts if x.urls}
+        self.concurrency = make_concurrency(self.plan, self.keys)
+        self.expert_pools = {x.name: Router(x.urls, self.keys) for x in self.plan.experts if x.urls}
         # the user's own limits hold for the whole run, each worker taking its share; the others only bind
         # once HTTP 429 slows a pool down, which each worker does from its own calls in flight
         rpm = e.faults.user_max_rpm / self.share if e.faults.user_max_rpm else None

@@ -63,7 +63,7 @@ class ExpertDesk:
         tools = [t for t in agent.tools if t.name != EXPERT_TOOL]
 
         def attempt() -> Any:
-            where = {"api_base": guard.lease.url} if guard.lease else {}
+            where = guard.lease.call_args() if guard.lease else {}
             return generate(model=expert.model, messages=history, tools=tools, **self.llm_args, **where)
 
         answer = guard.call(attempt, rollback=lambda: None)

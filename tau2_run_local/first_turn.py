@@ -7,7 +7,7 @@ from __future__ import annotations
 import concurrent.futures as futures
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -144,17 +144,20 @@ def plan_probes(plan: Plan, turns: tuple[FirstTurn, ...]) -> list[Probe]:
     return probes
 
 
-def preflight(plan: Plan, turns: tuple[FirstTurn, ...], say: Callable[[str], None]) -> str | None:
+def preflight(plan: Plan, turns: tuple[FirstTurn, ...], say: Callable[[str], None],
+              keys: Mapping[str, str] | None = None) -> str | None:
     """Probe every pool at once and say one line for each; the first verdict that should stop the run, or
-    None. Probes go straight to the servers: never into results, tokens or routing counts. A pool that
-    answered nothing because of the machinery (refused, 5xx, 429, a key) is left to the run's own fault
+    None. Probes go straight to the servers: never into results, tokens or routing counts, but with the key
+    the run's own calls send (keys: endpoint -> key; one key a run, so a pool's first endpoint says). A pool
+    that answered nothing because of the machinery (refused, 5xx, 429, a key) is left to the run's own fault
     handling, which retries or stops its domain with its own message."""
+    keys = keys or {}
     began = time.monotonic()
     probes = plan_probes(plan, turns)
     timeout = plan.eval.faults.request_timeout
     with futures.ThreadPoolExecutor(len(probes)) as pool:
-        answers = list(pool.map(lambda p: probe_pool(p.urls, p.model, p.requests, p.sampling, None, timeout),
-                                probes))
+        answers = list(pool.map(lambda p: probe_pool(p.urls, p.model, p.requests, p.sampling, keys.get(p.urls[0]),
+                                                     timeout), probes))
     stop = None
     for probe, replies in zip(probes, answers, strict=True):
         tool, reasoning = (probe.parsers.tool_call_parser, probe.parsers.reasoning_parser) if probe.parsers \

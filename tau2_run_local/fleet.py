@@ -9,7 +9,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -46,6 +46,7 @@ class Server:
     spec: ServerSpec
     log_dir: Path
     executor: Executor
+    key: str = field(default="", repr=False)  # a keyed server's: its VLLM_API_KEY, sent with every check
     proc: subprocess.Popen | None = None
     state: str = "waiting"  # waiting -> starting -> ready -> dead / stopped
     launched_at: float = 0.0
@@ -60,7 +61,7 @@ class Server:
         self.out_path = self.log_dir / f"vllm_port_{self.spec.port}_{stamp}.out"
         self.err_path = self.log_dir / f"vllm_port_{self.spec.port}_{stamp}.err"
         with open(self.out_path, "ab") as out, open(self.err_path, "ab") as err:
-            self.proc = self.executor.launch(self.spec, out, err)
+            self.proc = self.executor.launch(self.spec, out, err, {"VLLM_API_KEY": self.key} if self.key else {})
         self.state, self.launched_at, self.attempts = "starting", time.monotonic(), self.attempts + 1
 
     @property
@@ -68,6 +69,9 @@ class Server:
         """The process of a launched server (one in any state but 'waiting')."""
         assert self.proc is not None, f"{self.spec.label} was never launched"
         return self.proc
+
+    def serves(self) -> bool:
+        return serves(self.spec.url, self.spec.served_name, timeout=1.0, key=self.key)
 
     def failure(self, why: str) -> ServerFailed:
         """A failure message with the log tail, vLLM's own error lines (its logger writes to stdout),
@@ -99,12 +103,13 @@ class Server:
 
 class Fleet:
     """The servers this run started. Failure is handled in one place: the first server that dies or
-    misses its deadline stops the start, and every process group is killed on the way out."""
+    misses its deadline stops the start, and every process group is killed on the way out. `key`: what
+    the keyed servers require, in their environment only."""
 
     def __init__(self, specs: Sequence[ServerSpec], log_dir: Path, timeout: float,
-                 stagger: float | None, say: Callable[[str], None], executor: Executor):
+                 stagger: float | None, say: Callable[[str], None], executor: Executor, key: str = ""):
         self.executor = executor
-        self.servers = [Server(spec, log_dir, self.executor) for spec in specs]
+        self.servers = [Server(spec, log_dir, self.executor, key if spec.keyed else "") for spec in specs]
         self.timeout, self.stagger, self.say = timeout, stagger, say
         self._checks = futures.ThreadPoolExecutor(max_workers=max(len(self.servers), 1))
 
@@ -150,7 +155,7 @@ class Fleet:
     def _check_starting(self) -> None:
         """One readiness round over all starting servers, concurrently; fail fast on any death."""
         starting = [s for s in self.servers if s.state == "starting"]
-        ready = self._checks.map(lambda s: serves(s.spec.url, s.spec.served_name, timeout=1.0), starting)
+        ready = self._checks.map(Server.serves, starting)
         for server, is_ready in zip(starting, ready, strict=True):
             code = server.process.poll()
             if code is not None:
@@ -192,7 +197,7 @@ class Fleet:
                 server.state = "dead"
                 self.executor.signal([server.process], signal.SIGKILL)
                 self.say(f"restart of {server.spec.label} failed; see {server.err_path}")
-            elif serves(server.spec.url, server.spec.served_name, timeout=1.0):
+            elif server.serves():
                 server.state, server.ready_at = "ready", time.monotonic()
                 back.append(server)
         return back

@@ -11,7 +11,7 @@ from .endpoint_file import config_pools, write_model_config
 from .evaluation import Evaluation
 from .fleet import Fleet
 from .progress import ProgressView
-from .results import Job
+from .results import Job, Outcome, job_key
 from .workers import Simulators
 
 
@@ -20,8 +20,10 @@ def evaluate(ev: Evaluation, batches: list[list[Job]], sims: Simulators, fleet: 
     """Run the batches, as many simulations in flight as ev.concurrency says, while this (main) thread
     records outcomes, watches the servers and redraws progress (and the report, through on_progress). A
     domain whose servers are all gone, or whose endpoint is hopeless, stops (its simulations not yet
-    started are left undone); the others go on."""
+    started are left undone); the others go on. Stopped (Ctrl-C, SIGTERM), the simulations in flight are
+    recorded as interrupted, and every domain's wall time is the time it ran."""
     conc = ev.concurrency
+    in_flight: dict[tuple[str, int, str], Job] = {}
     try:
         for batch in batches:
             for domain in {job.domain for job in batch}:
@@ -31,12 +33,14 @@ def evaluate(ev: Evaluation, batches: list[list[Job]], sims: Simulators, fleet: 
             while waiting or running.total():
                 while waiting and conc.in_flight < conc.target:
                     job = waiting.pop()
+                    in_flight[job_key(job)] = job
                     sims.submit(job)
                     running[job.domain] += 1
                     conc.in_flight += 1
                 conc.observe()
                 for outcome in sims.collect(timeout=0.5):
                     job, run = outcome.job, ev.runs[outcome.job.domain]
+                    in_flight.pop(job_key(job), None)
                     running[job.domain] -= 1
                     conc.in_flight -= 1
                     run.record(outcome)
@@ -50,8 +54,26 @@ def evaluate(ev: Evaluation, batches: list[list[Job]], sims: Simulators, fleet: 
                 conc.steer(backlog=bool(waiting))
                 view.refresh()
                 on_progress()
+    except KeyboardInterrupt as stop:
+        interrupted(ev, list(in_flight.values()), str(stop) or "Ctrl-C")
+        raise
     finally:
         ev.stopping.set()  # what is still running gives up; its outcome is not waited for
+        now = time.monotonic()
+        for run in ev.runs.values():
+            if run.started_at and not run.finished_at:
+                run.finished_at = now
+
+
+def interrupted(ev: Evaluation, jobs: list[Job], how: str) -> None:
+    """The simulations in flight when the run was stopped: started, never finished, not scored; a rerun
+    runs them again."""
+    for job in jobs:
+        run = ev.runs[job.domain]
+        if (job.trial, job.task.id) not in run.finished():
+            why = f"the run was stopped ({how}) while this simulation ran; a rerun runs it again"
+            run.record(Outcome(job, Evaluation.not_scored(job, "interrupted", why), Counter()))
+            ev.interrupted += 1
 
 
 def watch_fleet(ev: Evaluation, fleet: Fleet | None, restart_dead: bool, sims: Simulators) -> None:

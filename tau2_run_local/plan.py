@@ -3,6 +3,7 @@ and the Host record of what the machine showed. Plain data, safe to send to work
 """
 from __future__ import annotations
 
+import ipaddress
 import shlex
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -55,6 +56,7 @@ class ServerSpec:
     node: str = ""  # SLURM node; "" for this machine
     address: str = ""  # where clients reach it; "" for the bind address seen from this machine
     kv_cache_bytes: int | None = None  # fixed KV cache: vLLM skips memory profiling, so no start race
+    keyed: bool = False  # it requires the run's key: VLLM_API_KEY, added only as it starts (never in env or argv)
 
     @property
     def url(self) -> str:
@@ -65,8 +67,9 @@ class ServerSpec:
         return f"{self.role} server on {self.node + ' ' if self.node else ''}port {self.port}"
 
     def shell_command(self) -> str:
-        """The command a user can paste to start this server by hand."""
-        return " ".join([*(f"{k}={shlex.quote(v)}" for k, v in self.env), *map(shlex.quote, self.argv)])
+        """The command a user can paste to start this server by hand; a keyed server's key shows as ***."""
+        key = ["VLLM_API_KEY=***"] if self.keyed else []
+        return " ".join([*(f"{k}={shlex.quote(v)}" for k, v in self.env), *key, *map(shlex.quote, self.argv)])
 
 
 @dataclass(frozen=True)
@@ -174,10 +177,23 @@ class Plan:
     prices: tuple[tuple[str, float, float], ...] = ()  # (model, $/M prompt, $/M completion) given by the user
     notes: tuple[str, ...] = ()  # choices the planner made for the user, and why (shown by --dry-run)
     parsers: tuple[PoolParsers, ...] = ()  # one per pool of this fleet
+    api_key_env: str = ""  # --api-key-env: the variable that holds the key (of the servers already up, and ours)
 
     def agent_parser(self) -> str | None:
         """The agent servers' --tool-call-parser; None when they are not this fleet's."""
         return next((p.tool_call_parser for p in self.parsers if p.role == "agent"), None)
+
+    def endpoint_keys(self, key: str) -> dict[str, str]:
+        """The key each endpoint is called with: this run's keyed servers get `key`, and so, with
+        --api-key-env, do the endpoints already up (the endpoint file's, --user-api-base); the rest none."""
+        if not key:
+            return {}
+        ours = {s.url for s in self.servers}
+        keyed = {s.url for s in self.servers if s.keyed}
+        if self.api_key_env:
+            keyed |= {u for u in (*self.agent_urls, *self.user_urls, *(u for e in self.experts for u in e.urls))
+                      if u not in ours}
+        return dict.fromkeys(sorted(keyed), key)
 
 
 def endpoint_url(host: str, port: int | str) -> str:
@@ -187,6 +203,16 @@ def endpoint_url(host: str, port: int | str) -> str:
 def client_host(bind_host: str) -> str:
     """Where clients on this machine reach a server bound to bind_host."""
     return "127.0.0.1" if bind_host in ("0.0.0.0", "::", "") else bind_host
+
+
+def is_loopback(host: str) -> bool:
+    """Only this machine reaches a server bound here (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: reachable from elsewhere, as far as we can tell
+        return False
 
 
 def this_machine(gpus: tuple[str, ...], cpus: int = 1) -> tuple[Node, ...]:

@@ -140,7 +140,8 @@ def build_plan(request: Request, host: Host) -> Plan:
         check_deterministic(servers, host)
     settings = eval_settings(request, len(agent_urls), host.cpus)
     return Plan(servers, agent_name, agent_urls, user_llm, user_urls, settings, Path(request.model_config_path),
-                Path(request.log_dir), executor, experts, addendum, source, prices, notes, parsers)
+                Path(request.log_dir), executor, experts, addendum, source, prices, notes, parsers,
+                request.api_key_env or "")
 
 
 def check_deterministic(servers: Sequence[ServerSpec], host: Host) -> None:

@@ -46,6 +46,8 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         lines += ["", "Expert calls: " + ", ".join(f"{k} {v}" for k, v in sorted(overall["expert_calls"].items()))]
     if summary["server_events"]:
         lines += ["", "Server events:", *[f"- {e}" for e in summary["server_events"]]]
+    if summary.get("jobs"):
+        lines += ["", "SLURM jobs:", *[f"- {j['job_id']}: {j['outcome']}" for j in summary["jobs"]]]
     return "\n".join(lines) + "\n"
 
 
@@ -91,19 +93,22 @@ def how_to_finish(runs: dict[str, DomainRun], argv: Sequence[str], secrets: tupl
     for name, f in missing.items():
         why = {"the user simulator failed": f["user_simulator_error"],
                "the machinery failed (retried until --retry-timeout)": f["infrastructure_undone"],
-               "not started": f["not_started"]}
+               "interrupted (the run was stopped while they ran)": f["interrupted"], "not started": f["not_started"]}
         parts.append(f"{name}: {runs[name].total - runs[name].done} "
                      f"({', '.join(f'{n} {k}' for k, n in why.items() if n)})")
+    listed = [runs[name].side_path.name for name in missing if runs[name].not_scored]
     command = redact(shlex.join([*launcher_argv(), *argv]), secrets)
     return (f"run_local.py: simulations not scored, none of them counted in the scores: {'; '.join(parts)}. "
-            f"Why each one: <domain>.not_scored.json.\nTo finish them, run the same command again (scored "
-            f"simulations are kept):\n  {command}")
+            + (f"Why each one: {', '.join(listed)}.\n" if listed else "\n")
+            + f"To finish them, run the same command again (scored simulations are kept):\n  {command}")
 
 
 def write_report(ev: Evaluation, plan: Plan, argv: Sequence[str], started: str, wall_s: float,
-                 nodes: Sequence[Node], secrets: tuple[str, ...]) -> dict[str, Any]:
+                 nodes: Sequence[Node], secrets: tuple[str, ...], jobs: list[dict[str, Any]] | None = None
+                 ) -> dict[str, Any]:
+    """The closing files; `jobs`: a --sbatch job's chain of jobs so far, each one's end (summary.json)."""
     out = plan.eval.output_dir
-    summary = summarize(ev, wall_s)
+    summary = summarize(ev, wall_s) | ({"jobs": jobs} if jobs is not None else {})
     atomic_write(out / "summary.json", redact(json.dumps(summary, indent=2) + "\n", secrets))
     atomic_write(out / "summary.md", redact(summary_markdown(summary), secrets))
     atomic_write(out / "manifest.json", manifest(argv, plan, started, nodes, secrets))

@@ -29,7 +29,8 @@ class Job:
 @dataclass(frozen=True)
 class NotScored:
     """A simulation left out of the score: the user simulator failed it ('user_simulator_error', τ²-bench's
-    user_error) or the machinery did ('infrastructure'). Kept in <domain>.not_scored.json; a rerun runs it."""
+    user_error), the machinery did ('infrastructure'), or the run was stopped while it ran ('interrupted').
+    Kept in <domain>.not_scored.json; a rerun runs it."""
 
     task_id: str
     trial: int

@@ -4,7 +4,7 @@ conversation (its prefix cache stays there), moved only when that server fails.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from .readiness import http_get_json
 
@@ -17,11 +17,13 @@ class Router:
     """Sends each conversation to a live server with the fewest conversations in flight, so load stays
     even and each conversation's prefix cache stays on one server. Servers within one conversation of
     the fewest count as equally busy; of those the one that has served the fewest conversations wins,
-    so conversation counts stay even too when conversations differ in length."""
+    so conversation counts stay even too when conversations differ in length. `keys`: what each keyed
+    server requires, sent with every call to it."""
 
-    def __init__(self, urls: Iterable[str]):
+    def __init__(self, urls: Iterable[str], keys: Mapping[str, str] | None = None):
         self._lock = threading.Lock()
         self.urls = list(urls)
+        self.keys = {u: k for u, k in (keys or {}).items() if u in self.urls}
         self.in_flight = dict.fromkeys(self.urls, 0)
         self.served = dict.fromkeys(self.urls, 0)
         self.live = set(self.urls)
@@ -77,9 +79,18 @@ class Lease:
         self.router, self.on_dead = router, on_dead
         self.url = router.hold(pinned) if pinned else router.acquire()
 
+    @property
+    def key(self) -> str:
+        """What the held server requires ('' for none)."""
+        return self.router.keys.get(self.url, "")
+
+    def call_args(self) -> dict[str, str]:
+        """litellm's arguments that send a call to the held server: its URL, and its key if it requires one."""
+        return {"api_base": self.url, **({"api_key": self.key} if self.key else {})}
+
     def server_gone(self) -> bool:
         """Nothing answers at the server's address any more (any HTTP answer means it is there)."""
-        return http_get_json(f"{self.url.removesuffix('/v1')}/health", timeout=2.0)[0] == 0
+        return http_get_json(f"{self.url.removesuffix('/v1')}/health", timeout=2.0, key=self.key)[0] == 0
 
     def move(self, server_gone: bool) -> None:
         """Hold another server of the pool: the gone one leaves routing; a failing one stays in it."""

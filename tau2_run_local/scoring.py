@@ -93,7 +93,7 @@ def costs(used: dict[str, dict[str, int]], models: dict[str, str], prices: Seque
 def failure_counts(run: DomainRun) -> dict[str, int]:
     """Why simulations scored 0 through a failure, or were not scored at all, and how many calls the
     machinery made us retry: the model's failures by category (scored 0, as τ²-bench scores them), the
-    user simulator's and the machinery's (not scored)."""
+    user simulator's and the machinery's, those a stop interrupted, those never started (not scored)."""
     model = Counter((s.reward_info.info or {}).get("category", "agent_error") if s.reward_info else "agent_error"
                     for s in run.results.simulations if s.termination_reason == "agent_error")
     left = Counter(n.reason for n in run.not_scored.values())
@@ -101,7 +101,7 @@ def failure_counts(run: DomainRun) -> dict[str, int]:
         "context_overflow": model["context_overflow"], "malformed_tool_call": model["malformed_tool_call"],
         "bad_reply": model["bad_reply"], "other_agent_error": model["agent_error"],
         "user_simulator_error": left["user_simulator_error"], "infrastructure_undone": left["infrastructure"],
-        "not_started": max(run.total - run.done - sum(left.values()), 0),
+        "interrupted": left["interrupted"], "not_started": max(run.total - run.done - sum(left.values()), 0),
         "retried_calls": run.stats["retried_calls"], "recovered_calls": run.stats["recovered_calls"],
         "recovered_simulations": run.stats["recovered_simulations"],
     }

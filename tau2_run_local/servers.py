@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 from .defaults import MAX_API_SERVERS
 from .errors import UsageError
 from .placement import assign_lanes, kv_cache_bytes, memory_share, place_servers, slot_text, step_cpus
-from .plan import Node, PoolParsers, PoolSettings, ServerSpec
+from .plan import Node, PoolParsers, PoolSettings, ServerSpec, is_loopback
 from .settings import Request
 from .util import command_words
 from .vllm_flags import CLI_ENTRY, OLD_ENTRY
@@ -99,7 +99,8 @@ def build_servers(request: Request, pools: Sequence[PoolSettings], nodes: Sequen
                   slurm: bool = False, gpu_mib: dict[str, int] | None = None,
                   weight_bytes: dict[str, int] | None = None, vllm_cli: bool = True,
                   cpu_bf16: bool = True) -> tuple[ServerSpec, ...]:
-    """The fleet: placement, lanes, ports, KV-cache sizes and commands, with no process started.
+    """The fleet: placement, lanes, ports, KV-cache sizes, commands and which servers require a key, with no
+    process started.
 
     gpu_mib (this machine's GPU id -> total MiB) and weight_bytes (model folder -> bytes of weights) size
     the KV cache of servers that share a GPU; without them those servers profile memory and start in turn."""
@@ -116,6 +117,7 @@ def build_servers(request: Request, pools: Sequence[PoolSettings], nodes: Sequen
     node_cpus = {n.name: n.cpus for n in nodes}
     on_node = Counter(node for _, node, _ in placed)
     host = request.host or ("0.0.0.0" if slurm else "127.0.0.1")
+    keyed = not is_loopback(host) or bool(request.api_key_env)  # others on the network reach it: only with the key
     specs: list[ServerSpec] = []
     for (pool, node, gpus), lane in zip(placed, lanes, strict=True):
         port = next(ports)
@@ -138,5 +140,5 @@ def build_servers(request: Request, pools: Sequence[PoolSettings], nodes: Sequen
         specs.append(ServerSpec(pool.role, pool.model, pool.served_name, host, port, gpus, lane, argv,
                                 server_env(gpus, lane, cache_root, cpu_kv_gib, pin=not slurm, together=together,
                                            deterministic=request.deterministic),
-                                node, address[node], kv))
+                                node, address[node], kv, keyed))
     return tuple(specs)

@@ -87,6 +87,7 @@ class Request:
     skip_server_start: bool
     model_config_path: str
     log_dir: str
+    api_key_env: str | None
     # SLURM
     executor: str
     sbatch: bool
@@ -95,6 +96,7 @@ class Request:
     slurm_time: str | None
     slurm_nodes: int | None
     sbatch_arg: tuple[str, ...]
+    slurm_max_resubmits: int
     # evaluation
     domains: tuple[str, ...]
     num_tasks: int | None
@@ -206,6 +208,11 @@ class Request:
                        help="endpoint file written (or, with --skip-server-start, read) "
                             "(default: model_config_local.json)")
         s.add_argument("--log-dir", default="logs", help="server and run logs (default: logs)")
+        s.add_argument("--api-key-env", metavar="NAME",
+                       help="environment variable holding the servers' key: the one servers already up expect "
+                            "(--skip-server-start, --user-api-base), and the one this run's servers require instead "
+                            "of a fresh key (servers bound beyond loopback, as under SLURM, always get one) "
+                            "(default: none)")
 
         c = p.add_argument_group("SLURM")
         c.add_argument("--executor", choices=("auto", "local", "slurm"), default="auto",
@@ -220,6 +227,9 @@ class Request:
         c.add_argument("--slurm-nodes", type=int, help="--sbatch: nodes to allocate (default: 1)")
         c.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG",
                        help="--sbatch: another #SBATCH line, repeatable: --sbatch-arg=--qos=high")
+        c.add_argument("--slurm-max-resubmits", type=int, default=3, metavar="N",
+                       help="--sbatch: times a job stopped by its time limit or preemption (SIGTERM) with "
+                            "simulations left submits itself again, to resume in the same folders (default: 3)")
 
         e = p.add_argument_group("evaluation")
         e.add_argument("--domains", nargs="+", default=list(DEFAULT_DOMAINS), metavar="DOMAIN",

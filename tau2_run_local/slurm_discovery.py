@@ -86,3 +86,14 @@ def choose_executor(request: Request, env: dict[str, str]) -> str:
     if missing:
         raise UsageError(f"the SLURM executor needs {missing[0]}, which is not on PATH")
     return "slurm"
+
+
+def job_fields(job_id: str, env: dict[str, str]) -> dict[str, str]:
+    """What SLURM says of a job now (`scontrol -o show job`: JobState, Reason, Restarts, EndTime, ...); {}
+    when it cannot say (the job's end must not fail on it)."""
+    try:
+        out = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True,
+                             timeout=30, env=env).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return dict(re.findall(r"(?:^|\s)([\w/:]+)=(\S*)", out))

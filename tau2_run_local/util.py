@@ -49,16 +49,21 @@ def command_words(argv: Sequence[str]) -> list[str]:
 
 
 def is_secret_flag(word: str) -> bool:
-    return word.startswith("--") and bool(SECRET_FLAG_WORDS & set(word.lstrip("-").replace("_", "-").split("-")))
+    """A flag whose value is a secret (--api-key, --hf-token, ...); --api-key-env's is only a variable's name."""
+    return (word.startswith("--") and word != "--api-key-env"
+            and bool(SECRET_FLAG_WORDS & set(word.lstrip("-").replace("_", "-").split("-"))))
 
 
-def secret_values(env: dict[str, str], argv: Sequence[str] = ()) -> tuple[str, ...]:
-    """Values that must never reach an output or a log: API keys and tokens from the environment, and
-    the value of any --api-key/--token flag on the command line (also inside --vllm-arg)."""
+def secret_values(env: dict[str, str], argv: Sequence[str] = (), known: Iterable[str] = ()) -> tuple[str, ...]:
+    """Values that must never reach an output or a log: API keys and tokens from the environment, the
+    value of any --api-key/--token flag on the command line (also inside --vllm-arg) and of the variable
+    --api-key-env names, and `known` ones (the run's key)."""
     words = command_words(argv)
     flagged = [value for flag, value in zip(words, words[1:], strict=False) if is_secret_flag(flag)]
+    named = [env.get(name, "") for flag, name in zip(words, words[1:], strict=False) if flag == "--api-key-env"]
     from_env = [v for k, v in env.items() if k.endswith(SECRET_ENV_SUFFIXES) and len(v) >= 8]
-    return tuple(sorted({*from_env, *flagged}, key=len, reverse=True))  # longest first: no partial redaction
+    values = {*from_env, *flagged, *named, *known} - {""}
+    return tuple(sorted(values, key=len, reverse=True))  # longest first: no partial redaction
 
 
 def now_iso() -> str:

@@ -49,6 +49,12 @@ def check_numbers(request: Request) -> None:
     for flag, value in positive.items():
         if value is not None and value <= 0:
             raise UsageError(f"{flag} must be positive, not {value}")
+    if request.slurm_max_resubmits < 0:
+        raise UsageError(f"--slurm-max-resubmits must not be negative, not {request.slurm_max_resubmits}")
+    if request.slurm_time is not None:
+        slurm_seconds(request.slurm_time)
+    if request.api_key_env is not None and not request.api_key_env.isidentifier():
+        raise UsageError(f"--api-key-env takes the name of an environment variable, not {request.api_key_env!r}")
     if request.stagger_delay is not None and request.stagger_delay < 0:
         raise UsageError(f"--stagger-delay must not be negative, not {request.stagger_delay}")
     if request.gpu_memory_utilization is not None and not 0 < request.gpu_memory_utilization <= 1:
@@ -58,6 +64,26 @@ def check_numbers(request: Request) -> None:
         raise UsageError(f"unknown domain {unknown[0]!r}; choose from {', '.join(KNOWN_DOMAINS)}")
     if len(set(request.domains)) != len(request.domains):
         raise UsageError("--domains lists a domain twice")
+
+
+def slurm_seconds(text: str) -> int | None:
+    """SLURM's time limit in seconds (MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS); None for no limit."""
+    if text.upper() in ("INFINITE", "UNLIMITED"):
+        return None
+    days, dash, clock = text.partition("-")
+    if not dash:
+        days, clock = "0", text
+    parts = clock.split(":")
+    if not days.isdigit() or len(parts) > 3 or not all(p.isdigit() for p in parts):
+        raise UsageError(f"--slurm-time takes SLURM's formats (MM, MM:SS, HH:MM:SS, D-HH[:MM[:SS]]), not {text!r}")
+    n = [int(p) for p in parts]
+    if dash:  # D-HH, D-HH:MM, D-HH:MM:SS
+        hours, minutes, seconds = (n + [0, 0])[:3]
+    elif len(n) == 3:  # HH:MM:SS
+        hours, minutes, seconds = n
+    else:  # MM, MM:SS
+        hours, minutes, seconds = 0, n[0], (n[1:] or [0])[0]
+    return ((int(days) * 24 + hours) * 60 + minutes) * 60 + seconds
 
 
 def parse_llm_args(text: str, flag: str) -> dict[str, Any]:

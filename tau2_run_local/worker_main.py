@@ -18,10 +18,11 @@ from .routing import Router
 from .tau2_loader import load_tau2
 
 
-def simulation_worker(plan: Plan, log_path: Path, threads: int, share: int, line: Any) -> None:
+def simulation_worker(plan: Plan, keys: dict[str, str], log_path: Path, threads: int, share: int, line: Any) -> None:
     """A worker process: runs the simulations the coordinator hands it on threads of its own, with its own
     τ²-bench, and sends each outcome back. Ctrl-C and the servers are the coordinator's: it stops the
-    worker; the worker also exits when the coordinator's end of the pipe closes."""
+    worker; the worker also exits when the coordinator's end of the pipe closes. `keys` (what each keyed
+    endpoint requires) come through the pipe that spawns it, never its command line or environment."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     tau2_run = load_tau2(log_path)
     sending = threading.Lock()
@@ -30,8 +31,9 @@ def simulation_worker(plan: Plan, log_path: Path, threads: int, share: int, line
         with sending, contextlib.suppress(OSError):
             line.send(message)
 
-    ev = Evaluation(tau2_run, plan, Router(plan.agent_urls), Router(plan.user_urls) if plan.user_urls else None,
-                    {}, say=lambda text: None, share=share, tell=tell)
+    ev = Evaluation(tau2_run, plan, Router(plan.agent_urls, keys),
+                    Router(plan.user_urls, keys) if plan.user_urls else None,
+                    {}, say=lambda text: None, share=share, tell=tell, keys=keys)
     pool = futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sim")
     tell(("ready",))
 

@@ -82,7 +82,7 @@ class ProcessSimulators:
     def _spawn(self, share: int) -> Worker:
         ours, theirs = self.ctx.Pipe()
         process = self.ctx.Process(target=simulation_worker, name="run_local-simulations", daemon=True,
-                                   args=(self.ev.plan, self.log_path, self.threads_each, share, theirs))
+                                   args=(self.ev.plan, self.ev.keys, self.log_path, self.threads_each, share, theirs))
         process.start()
         theirs.close()
         return Worker(process, ours)

@@ -54,15 +54,16 @@ class Standins:
     def __init__(self) -> None:
         self.procs: dict[int, subprocess.Popen] = {}
 
-    def start(self, name: str = "standin", port: int | None = None, **env: str) -> int:
+    def start(self, name: str = "standin", port: int | None = None, key: str = "", **env: str) -> int:
+        """A stand-in serving `name`, requiring `key` (VLLM_API_KEY) if one is given."""
         port = port or free_port()
         self.procs[port] = subprocess.Popen(
             [sys.executable, str(STANDIN / "standin_server.py"), "--model", name, "--host", "127.0.0.1",
-             "--port", str(port)], env={**os.environ, "STANDIN_QUIET": "1",
+             "--port", str(port)], env={**os.environ, "STANDIN_QUIET": "1", **({"VLLM_API_KEY": key} if key else {}),
                                         **{f"STANDIN_{k.upper()}": v for k, v in env.items()}},
             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 30
-        while not serves(endpoint_url("127.0.0.1", port), name):
+        while not serves(endpoint_url("127.0.0.1", port), name, key=key):
             assert time.monotonic() < deadline, "stand-in did not start"
             time.sleep(0.1)
         return port

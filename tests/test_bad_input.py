@@ -147,3 +147,22 @@ def test_a_flag_the_installed_vllm_does_not_take(workdir: Path, model_dir: Path,
                    {**KEY, **standin_env(without_flags="--max-model-len"), "XDG_CACHE_HOME": str(cache)})
     kept = json.loads(next((cache / "tau2_run_local" / "vllm_serve_flags").glob("*.json")).read_text())
     assert "--enforce-eager" in kept["flags"] and "--max-model-len" not in kept["flags"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--vllm-arg=--api-key abcdefgh"], "--vllm-arg=--api-key puts the key on every server's command line"),
+    (["--api-key-env", "NOT_SET_ANYWHERE"], "--api-key-env NOT_SET_ANYWHERE: $NOT_SET_ANYWHERE is not set"),
+    (["--slurm-time", "2 hours"], "--slurm-time takes SLURM's formats"),
+    (["--slurm-max-resubmits", "-1"], "--slurm-max-resubmits must not be negative"),
+])
+def test_keys_and_job_options(workdir: Path, model_dir: Path, args, message):
+    assert_refused(workdir, ["--agent-model", str(model_dir), *args], message, KEY)
+
+
+def test_a_keyed_endpoint_without_its_key_or_with_another(workdir: Path, standins):
+    port = standins.start(key="the-servers-key")
+    (workdir / "endpoints.json").write_text(json.dumps({"standin": [{"ip_addr": "127.0.0.1", "port": str(port)}]}))
+    args = ["--skip-server-start", "--model-config-path", "endpoints.json", "--user-llm", "standin"]
+    assert_refused(workdir, args, "it requires a key (HTTP 401): name its variable with --api-key-env", KEY)
+    assert_refused(workdir, [*args, "--api-key-env", "WRONG"], "it refuses the key in $WRONG (HTTP 401)",
+                   {**KEY, "WRONG": "another-key"})

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -141,6 +142,10 @@ def test_launcher_starts_servers_writes_config_and_stops_them(tmp_path: Path):
     assert "preflight: agent: tool calls parsed in 2 of 2 probes (--tool-call-parser hermes)" in result.stdout
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert sum(summary["agent_conversations_per_server"].values()) == 9
+    # what it wrote is its owner's alone (umask 077): results, logs, the endpoint file, their folders
+    written = [tmp_path / "out", tmp_path / "logs", *(tmp_path / "out").iterdir(), *(tmp_path / "logs").iterdir(),
+               tmp_path / "model_config_local.json"]
+    assert {p.name: oct(p.stat().st_mode & 0o077) for p in written if p.stat().st_mode & 0o077} == {}
 
 
 @pytest.mark.parametrize("served, says", [
@@ -237,7 +242,16 @@ def test_sigint_stops_every_process_and_keeps_results(tmp_path: Path):
     assert_groups_gone(started_pgids(stdout))
     kept = load_results(results)
     assert 1 <= len(kept.simulations) < 9
-    assert json.loads((tmp_path / "out" / "summary.json").read_text())["domains"]["mock"]["status"] == "incomplete"
+    domain = json.loads((tmp_path / "out" / "summary.json").read_text())["domains"]["mock"]
+    assert domain["status"] == "incomplete" and domain["wall_time_s"] > 0  # the time it ran
+    # the simulations in flight were started, not "not started": interrupted, each listed with why
+    failures, side = domain["failures"], json.loads((tmp_path / "out" / "mock.not_scored.json").read_text())
+    assert 1 <= failures["interrupted"] <= 2 and failures["interrupted"] == len(side)
+    assert len(kept.simulations) + failures["interrupted"] + failures["not_started"] == 9
+    assert all(e["reason"] == "interrupted" and "stopped (Ctrl-C)" in e["error"] for e in side)
+    assert {(e["trial"], e["task_id"]) for e in side}.isdisjoint((s.trial, s.task_id) for s in kept.simulations)
+    assert "interrupted (the run was stopped while they ran)" in stderr
+    assert "Why each one: mock.not_scored.json" in stderr
 
 
 STOP_LIMIT_S = 15
@@ -338,7 +352,7 @@ def test_model_errors_become_agent_errors_and_the_run_goes_on(tmp_path: Path):
 def test_secrets_never_reach_outputs_or_logs(tmp_path: Path):
     key, flag_secret = "sk-test-ABCDEF123456", "vllm-secret-987654"
     args = launcher_args(tmp_path, "--domains", "mock", "--num-tasks", "2", "--start-port", "auto",
-                         f"--vllm-arg=--api-key {flag_secret}")
+                         f"--vllm-arg=--hf-token {flag_secret}")
     result = run_launcher(args, env={**standin_env(), "OPENAI_API_KEY": key, "HF_TOKEN": "hf_SECRETTOKEN42"})
     assert result.returncode == 0, result.stderr
     written = [p for p in [*(tmp_path / "out").iterdir(), tmp_path / "model_config_local.json",
@@ -350,6 +364,67 @@ def test_secrets_never_reach_outputs_or_logs(tmp_path: Path):
     for secret in (key, flag_secret):
         assert secret not in result.stdout + result.stderr
     assert "***" in (tmp_path / "out" / "manifest.json").read_text()
+
+
+def server_key(tmp: Path) -> str:
+    """The key the stand-ins of this test's run got (VLLM_API_KEY in their environment, which root reads)."""
+    for entry in Path("/proc").iterdir():
+        try:
+            cmd = (entry / "cmdline").read_bytes()
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if str(tmp).encode() in cmd and b"vllm.entrypoints" in cmd:
+            return next(v.split(b"=", 1)[1].decode() for v in environ if v.startswith(b"VLLM_API_KEY="))
+    raise AssertionError("no server of this run found")
+
+
+def test_servers_bound_beyond_loopback_require_the_runs_key_which_is_written_nowhere(tmp_path: Path):
+    """--host 0.0.0.0: a fresh key for the run, in each server's environment only; every call of the run
+    (readiness, the agent's and the user simulator's, from worker processes too) sends it; a call without
+    it is refused; it is in no file, no output and no command line."""
+    args = launcher_args(tmp_path, "--domains", "mock", "--host", "0.0.0.0", "--start-port", "auto",
+                         "--max-concurrency", "2", "--workers", "2")
+    dry = run_launcher([*args, "--dry-run"], env=standin_env())
+    assert dry.returncode == 0, dry.stderr
+    assert "lane 0  key" in dry.stdout and " VLLM_API_KEY=*** " in dry.stdout
+    assert "require a fresh random key made for this run (they bind 0.0.0.0, beyond loopback)" in dry.stdout
+    proc = start_in_background(tmp_path, args, standin_env(token_delay="0.02"))
+    wait_for_first_simulation(proc, tmp_path / "out" / "mock.json")
+    key = server_key(tmp_path)
+    assert len(key) >= 40
+    url = json.loads((tmp_path / "model_config_local.json").read_text())["standin"][0]
+    models = f"http://{url['ip_addr']}:{url['port']}/v1/models"
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        get_json(models)
+    assert refused.value.code == 401
+    request = urllib.request.Request(models, headers={"Authorization": f"Bearer {key}"})
+    with urllib.request.urlopen(request, timeout=5) as answer:
+        assert answer.status == 200
+    cmdlines = [p.read_bytes() for p in Path("/proc").glob("[0-9]*/cmdline") if p.exists()]
+    assert not any(key.encode() in cmd for cmd in cmdlines)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert "preflight: agent: tool calls parsed in 2 of 2 probes" in stdout  # the probes send it too
+    assert key not in stdout + stderr
+    assert len(load_results(tmp_path / "out" / "mock.json").simulations) == 9
+    for path in (p for p in tmp_path.rglob("*") if p.is_file()):
+        assert key.encode() not in path.read_bytes(), path
+
+
+def test_servers_already_up_with_a_key_are_reached_with_the_one_in_api_key_env(tmp_path: Path, standins):
+    port = standins.start(key="the-servers-key-12345")
+    write_config(tmp_path / "endpoints.json", [port])
+    args = ["--skip-server-start", "--model-config-path", str(tmp_path / "endpoints.json"), "--user-llm", "standin",
+            "--domains", "mock", "--num-tasks", "2", "--output-dir", str(tmp_path / "out"),
+            "--log-dir", str(tmp_path / "logs"), "--api-key-env", "STANDIN_KEY"]
+    dry = run_launcher([*args, "--dry-run"], env={"STANDIN_KEY": "the-servers-key-12345"})
+    assert f"keys: http://127.0.0.1:{port}/v1 are called with the key in $STANDIN_KEY" in dry.stdout, dry.stdout
+    result = run_launcher(args, env={"STANDIN_KEY": "the-servers-key-12345"})
+    assert result.returncode == 0, result.stderr
+    assert standins.stats(port)["chat_requests"] > 0 and standins.stats(port)["unauthorized"] == 0
+    assert "--api-key-env STANDIN_KEY" in json.loads((tmp_path / "out" / "manifest.json").read_text())["command"]
+    assert not any(b"the-servers-key-12345" in p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())
 
 
 def test_parallel_domains_run_together(tmp_path: Path):

@@ -242,6 +242,29 @@ def test_skip_server_start_uses_the_endpoint_file():
         build_plan(request, Host((), iter(()), "/cache", config))
 
 
+def test_servers_bound_beyond_loopback_and_endpoints_given_a_key_variable_are_keyed():
+    assert not any(s.keyed for s in plan().servers)  # 127.0.0.1: only this machine reaches them
+    for host in ("0.0.0.0", "10.1.2.3", "myhost", "::"):
+        assert all(s.keyed for s in plan("--host", host).servers), host
+    for host in ("127.0.0.1", "127.0.1.1", "localhost", "::1"):
+        assert not any(s.keyed for s in plan("--host", host).servers), host
+    keyed = plan("--host", "0.0.0.0", "--num-servers", "2")
+    assert keyed.endpoint_keys("k") == dict.fromkeys(keyed.agent_urls, "k") and keyed.endpoint_keys("") == {}
+    command = keyed.servers[0].shell_command()
+    assert " VLLM_API_KEY=*** " in command and "--api-key" not in command
+    assert "VLLM_API_KEY" not in dict(keyed.servers[0].env)  # the key joins only when the server starts
+    named = plan("--api-key-env", "MY_KEY", "--num-servers", "1")  # asked for: loopback servers too
+    assert named.servers[0].keyed and named.api_key_env == "MY_KEY"
+    config = {"agent": ("http://10.0.0.5:1900/v1",), "user": ("http://u:1/v1",)}
+    up = build_plan(parse_request(["--skip-server-start", "--user-llm", "user", "--api-key-env", "K"], {}),
+                    Host((), iter(()), "/cache", config))
+    assert up.endpoint_keys("k") == {"http://10.0.0.5:1900/v1": "k", "http://u:1/v1": "k"}
+    assert build_plan(parse_request(["--skip-server-start", "--user-llm", "user"], {}),
+                      Host((), iter(()), "/cache", config)).endpoint_keys("k") == {}
+    with pytest.raises(UsageError, match="--api-key-env takes the name of an environment variable"):
+        plan("--api-key-env", "not a name")
+
+
 def test_assign_lanes_merges_overlapping_gpu_sets():
     assert assign_lanes([("0", "1"), ("2",), ("1",), ("3",), ("2", "3")]) == [0, 1, 0, 2, 1]
 
@@ -307,6 +330,9 @@ def test_secret_values_from_environment_and_flags():
     argv = ["--vllm-arg=--api-key s3cr3tvalue", "--hf-token=tok123", "--max-new-tokens", "256", "--seed", "300"]
     assert set(secret_values(env, argv)) == {"sk-abcdefgh12", "hf_tokenvalue", "s3cr3tvalue", "tok123"}
     assert redact("key sk-abcdefgh12 in text", secret_values(env)) == "key *** in text"
+    # --api-key-env names a variable (not a secret); its value is one, whatever its name; and the run's key
+    named = secret_values({"MY_KEY": "abc", "HOME": "/root"}, ["--api-key-env", "MY_KEY"], ("runkey",))
+    assert set(named) == {"abc", "runkey"}
 
 
 def test_partly_overlapping_servers_split_the_memory():

@@ -3,10 +3,12 @@ slurmctld, one slurmd per node, fake GPUs handed to job steps as CUDA_VISIBLE_DE
 server plays vLLM.
 
 The cluster fixture `slurm` has two layouts (its parameter): "same", where every node is this host at
-127.0.0.1 (fast; servers on different nodes get different ports), and "separate", where every node is a
-host of its own, a network namespace with its own address; there the launcher runs on the allocation's
-first node, as in a batch script, and reaches the servers of the other nodes over the (emulated) network.
-Tests marked ON_BOTH run in both layouts."""
+127.0.0.1 (servers on different nodes get different ports), and "separate", where every node is a host of
+its own, a network namespace with its own address; there the launcher runs on the allocation's first
+node, as in a batch script, and reaches the servers of the other nodes over the (emulated) network, as on
+a cluster. The tests run on separate hosts only: on one host they would prove nothing more, every node's
+address being 127.0.0.1 there, and one cluster starts instead of two. TEST_SLURM_HOSTS=same,separate runs
+the tests marked IN_LAYOUTS in both, as benchmarks/slurm_hosts does to measure what separate hosts cost."""
 from __future__ import annotations
 
 import contextlib
@@ -17,6 +19,9 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,7 +49,7 @@ class Slurm(dict):
         return self.layout.on(node)
 
 
-@pytest.fixture(scope="session", params=["same"])
+@pytest.fixture(scope="session", params=["separate"])
 def slurm(request, tmp_path_factory) -> Iterator[Slurm]:
     """A 2-node cluster of 4 fake GPUs and 8 CPUs per node, laid out as the parameter says (cluster.HOSTS);
     every daemon stopped, and the network namespaces and bridge of separate hosts removed, at the end."""
@@ -57,7 +62,8 @@ def slurm(request, tmp_path_factory) -> Iterator[Slurm]:
         cluster.stop(folder)
 
 
-ON_BOTH = pytest.mark.parametrize("slurm", cluster.HOSTS, indirect=True)  # same host, then separate hosts
+LAYOUTS = tuple(os.environ.get("TEST_SLURM_HOSTS", "separate").split(","))
+IN_LAYOUTS = pytest.mark.parametrize("slurm", LAYOUTS, indirect=True)
 
 
 @contextlib.contextmanager
@@ -175,7 +181,7 @@ def load_results(path: Path):
 # ----------------------------------------------------------------------------------------------
 
 
-@ON_BOTH
+@IN_LAYOUTS
 def test_two_nodes_agents_on_both_and_a_user_pool_of_tensor_parallel_2(tmp_path: Path, slurm):
     """3 GPUs a node: agents on n1's three and n2's first, the user server (TP 2) on n2's last two.
     On separate hosts the launcher runs on n1 and reaches n2's servers at n2's address."""
@@ -191,9 +197,16 @@ def test_two_nodes_agents_on_both_and_a_user_pool_of_tensor_parallel_2(tmp_path:
         assert f"node n2 (clients reach it at {address['n2']})" in dry.stdout
         assert f"srun --nodes=1 --ntasks=1 --nodelist=n2 --exact --cpus-per-task=4 --mem=0 --gres=gpu:2 " \
                f"--job-name=run_local_{port + 4}" in dry.stdout
+        # bound to 0.0.0.0, every server requires the run's key, which the plan never shows
+        assert sum(line.endswith("  key") for line in dry.stdout.splitlines()) == 5
+        assert dry.stdout.count(" VLLM_API_KEY=*** srun ") == 5 and "a fresh random key made for this run" in dry.stdout
         result = run_launcher_on(slurm, alloc, args, env={**alloc, **standin_env(spawn_child="1")})
         assert result.returncode == 0, result.stderr
         assert_nothing_left(slurm, tmp_path)
+    # the preflight's probes carry the key too: both pools answered them (a 401 would be a warning)
+    probed = [line.split(" preflight: ", 1)[1] for line in result.stdout.splitlines() if " preflight: " in line]
+    assert [p.split(":")[0] for p in probed[:2]] == ["agent", "user simulator"], probed
+    assert not any("warning:" in p or "stop:" in p for p in probed), probed
     seen = {port: starts[0] for port, starts in placements(tmp_path / "logs").items()}
     nodes = {p: seen[str(p)]["SLURMD_NODENAME"] for p in range(port, port + 5)}
     assert nodes == {port: "n1", port + 1: "n1", port + 2: "n1", port + 3: "n2", port + 4: "n2"}
@@ -217,7 +230,7 @@ def test_two_nodes_agents_on_both_and_a_user_pool_of_tensor_parallel_2(tmp_path:
     assert manifest["endpoints"]["user"] == [f"http://{address['n2']}:{port + 4}/v1"]
 
 
-@ON_BOTH
+@IN_LAYOUTS
 def test_a_step_that_dies_is_routed_around_and_restarted(tmp_path: Path, slurm):
     with allocation(slurm) as alloc:
         port = cluster.free_port_block(2)
@@ -243,7 +256,7 @@ def test_a_step_that_dies_is_routed_around_and_restarted(tmp_path: Path, slurm):
     assert listed and all(e in at_own_node for e in listed), listed
 
 
-@ON_BOTH
+@IN_LAYOUTS
 def test_ctrl_c_leaves_no_step_and_no_process(tmp_path: Path, slurm):
     with allocation(slurm) as alloc:
         args = launcher_args(tmp_path, "--domains", "mock", "--num-servers", "4", "--gpu-ids", "0,1",
@@ -281,7 +294,7 @@ def test_ctrl_c_leaves_no_step_and_no_process(tmp_path: Path, slurm):
     assert 1 <= len(load_results(results).simulations) < 9
 
 
-@ON_BOTH
+@IN_LAYOUTS
 def test_sbatch_submits_a_job_that_writes_the_results_and_resumes(tmp_path: Path, slurm):
     login = {"SLURM_CONF": slurm["SLURM_CONF"], **standin_env()}
     args = launcher_args(tmp_path, "--domains", "mock", "--num-servers", "3", "--start-port", "auto",
@@ -290,7 +303,7 @@ def test_sbatch_submits_a_job_that_writes_the_results_and_resumes(tmp_path: Path
     script = run_launcher([*args, "--dry-run"], env=login)
     assert script.returncode == 0, script.stderr
     for line in ("#SBATCH --nodes=2", "#SBATCH --gres=gpu:2", "#SBATCH --time=10", "#SBATCH --comment=run_local_test",
-                 "#SBATCH --signal=B:TERM@120"):
+                 "#SBATCH --signal=B:TERM@60"):  # a tenth of the 10 minutes
         assert line in script.stdout
     assert "--executor slurm" in script.stdout and "--sbatch" not in script.stdout.split("exec ", 1)[1]
 
@@ -352,3 +365,113 @@ def test_bad_input_is_one_line_and_starts_nothing(tmp_path: Path, slurm):
             run_launcher([*args, "--sbatch"], env=alloc))
         assert our_steps(slurm) == []
     assert not list((tmp_path / "logs").glob("vllm_port_*"))
+
+
+def server_keys(tmp: Path) -> set[str]:
+    """The keys the servers of this test's run hold now (VLLM_API_KEY in their environment, which root reads)."""
+    keys = set()
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if str(tmp).encode() in (entry / "cmdline").read_bytes() and b"vllm.entrypoints" in (
+                    entry / "cmdline").read_bytes():
+                keys |= {v.split(b"=", 1)[1].decode() for v in (entry / "environ").read_bytes().split(b"\0")
+                         if v.startswith(b"VLLM_API_KEY=")}
+    return keys
+
+
+def on_a_command_line(secrets: set[str]) -> list[str]:
+    """Processes whose command line holds one of the secrets (anyone on the node reads them with ps)."""
+    found = []
+    for path in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            if any(s.encode() in path.read_bytes() for s in secrets):
+                found.append(path.parent.name)
+    return found
+
+
+def status_without_key(url: str, method: str = "GET") -> int:
+    body = json.dumps({"model": "standin", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    request = urllib.request.Request(url, data=body if method == "POST" else None, method=method,
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+@pytest.mark.parametrize("slurm", ["separate"], indirect=True)
+def test_sbatch_jobs_outlive_preemption_and_their_time_limit_and_only_the_run_reaches_its_servers(
+        tmp_path: Path, slurm):
+    """A --sbatch evaluation of 2-minute jobs and a slow stand-in, on separate hosts. The first job is
+    preempted (`scancel --signal=TERM --batch`) once a simulation is done; the next runs into its time-limit
+    warning; each submits itself again, and the chain finishes on its own: every simulation run once
+    (started either to its end, in one job, or interrupted and run again), in the results once, the summary
+    τ²-bench's metrics, no step or process left. While it runs, its servers refuse calls without the key
+    (401), which no file and no command line holds; what it writes is its owner's alone."""
+    # 32 simulations of 2.4-8.5 s (a trial of mock's first 8 tasks: 52 s, 26 s on 2 lanes; 105 s in all): more
+    # than a 2-minute job simulates at most (warned 30-60 s before its limit, after ~6 s to start its servers).
+    # No preflight: the other tests probe keyed servers on separate hosts; here it would cost each job seconds
+    login = {"SLURM_CONF": slurm["SLURM_CONF"], **standin_env(token_delay="0.08")}
+    args = launcher_args(tmp_path, "--domains", "mock", "--num-tasks", "8", "--num-trials", "4",
+                         "--num-servers", "2", "--start-port", "auto", "--max-concurrency", "2", "--sbatch",
+                         "--slurm-nodes", "2", "--slurm-time", "00:02:00", "--skip-preflight")
+    submitted = run_launcher(args, env=login)
+    assert submitted.returncode == 0, submitted.stderr
+    first = re.search(r"submitted SLURM job (\d+)", submitted.stdout).group(1)
+    script = Path(re.search(r"\(script (\S+)\)", submitted.stdout).group(1))
+    assert "#SBATCH --signal=B:TERM@30" in script.read_text()  # a tenth of 2 minutes, at least 30 s
+    results, config = tmp_path / "out" / "mock.json", tmp_path / "model_config_local.json"
+    deadline = time.monotonic() + 120
+    while not (results.exists() and json.loads(results.read_text())["simulations"]):
+        assert time.monotonic() < deadline, "the first job finished no simulation"
+        time.sleep(0.5)
+    keys = server_keys(tmp_path)
+    assert len(keys) == 1  # one fresh key for the job's servers
+    endpoints = [f"http://{e['ip_addr']}:{e['port']}/v1" for e in json.loads(config.read_text())["standin"]]
+    assert sorted(urllib.parse.urlsplit(u).hostname for u in endpoints) == sorted(slurm.address.values())
+    for url in endpoints:  # from this host: another user of the cluster network
+        assert (status_without_key(f"{url}/models"), status_without_key(f"{url}/chat/completions", "POST")) \
+            == (401, 401), url
+    assert on_a_command_line(keys) == []
+    subprocess.run(["scancel", "--signal=TERM", "--batch", first], env=slurm, check=True)  # preempted
+    seen = {first}
+    deadline = time.monotonic() + 480
+    while True:  # the chain: each job submits the next before it ends
+        queued = subprocess.run(["squeue", "-h", "-n", "run_local", "-o", "%i"], capture_output=True, text=True,
+                                env=slurm).stdout.split()
+        seen |= set(queued)
+        keys |= server_keys(tmp_path)
+        assert on_a_command_line(keys) == []
+        if not queued:
+            break
+        assert time.monotonic() < deadline, f"the jobs did not finish: {sorted(seen)}"
+        time.sleep(0.5)
+    assert_nothing_left(slurm, tmp_path)
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    jobs = summary["jobs"]
+    assert [j["job_id"] for j in jobs] == sorted(seen, key=int) and 3 <= len(jobs) <= 4, jobs
+    assert jobs[0]["job_id"] == first and jobs[0]["stopped_by"] == "SIGTERM"
+    for job, after in zip(jobs, jobs[1:], strict=False):  # each stopped one submitted the next, which resumed
+        assert job["stopped_by"] == "SIGTERM" and job["resubmitted_as"] == after["job_id"], job
+        log = (tmp_path / "logs" / f"slurm-{job['job_id']}.out").read_text()
+        assert f"submitted again as SLURM job {after['job_id']}" in log, log
+    assert 0 < jobs[1]["time_left_s"] <= 95  # the warning: 30 s ahead, SLURM's timer up to 60 s earlier
+    assert jobs[-1]["outcome"] == "finished its work" and jobs[-1]["resubmitted_as"] is None
+    # every simulation ran once: finished in exactly one job, or interrupted there and started again
+    sims = load_results(results).simulations
+    assert len({(s.trial, s.task_id) for s in sims}) == len(sims) == 32
+    assert sum(j["simulations_finished"] for j in jobs) == 32
+    started = sum(p.read_text().count("STARTING SIMULATION") for p in (tmp_path / "logs").glob("run_local_*.log"))
+    assert started == 32 + sum(j["simulations_interrupted"] for j in jobs)
+    from tau2.metrics.agent_metrics import compute_metrics
+    metrics, domain = compute_metrics(load_results(results)), summary["domains"]["mock"]
+    assert domain["status"] == "complete" and domain["avg_reward"] == pytest.approx(metrics.avg_reward)
+    assert {int(k): v for k, v in domain["pass_hat_k"].items()} == pytest.approx(metrics.pass_hat_ks)
+    assert json.loads((tmp_path / "out" / "mock.not_scored.json").read_text()) == []
+    # the keys (one per job) are written nowhere; everything written is its owner's alone
+    assert len(keys) == len(jobs)
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and "ckpt" not in p.parts]
+    assert script in written and any(p.name.startswith("slurm-") for p in written)
+    assert [p for p in written if any(k.encode() in p.read_bytes() for k in keys)] == []
+    assert [p for p in written if p.stat().st_mode & 0o077] == []

@@ -187,3 +187,27 @@ def test_tau2_mock_simulations(server):
     assert after["conversations"] - before["conversations"] == 4
     # solved: user greet, agent tool call, agent text, user STOP; failed: 3 requests
     assert after["chat_requests"] - before["chat_requests"] == 4 + 3
+
+
+def test_a_key_in_vllm_api_key_guards_the_v1_routes_as_vllm_does():
+    """VLLM_API_KEY set: /v1/... answers 401 without `Authorization: Bearer <key>` (or with another key);
+    /health and /stats stay open, as vLLM leaves everything outside /v1 open. Unset: nothing is guarded
+    (the module's server above)."""
+    port = _free_port()
+    proc = _start(port, {"VLLM_API_KEY": "the-run-key"})
+    base = f"http://127.0.0.1:{port}"
+    chat = {"model": SERVED, "messages": [{"role": "user", "content": "Say hi"}]}
+    try:
+        _wait_healthy(port, proc)
+        assert requests.get(f"{base}/v1/models", timeout=5).status_code == 401
+        wrong = {"Authorization": "Bearer other"}
+        assert requests.get(f"{base}/v1/models", headers=wrong, timeout=5).status_code == 401
+        refused = requests.post(f"{base}/v1/chat/completions", json=chat, timeout=5)
+        assert (refused.status_code, refused.json()) == (401, {"error": "Unauthorized"})
+        key = {"Authorization": "Bearer the-run-key"}
+        assert [m["id"] for m in requests.get(f"{base}/v1/models", headers=key, timeout=5).json()["data"]] == [SERVED]
+        assert requests.post(f"{base}/v1/chat/completions", json=chat, headers=key, timeout=5).status_code == 200
+        stats = requests.get(f"{base}/stats", timeout=5).json()
+        assert (stats["unauthorized"], stats["chat_requests"], stats["keyed"]) == (3, 1, True)
+    finally:
+        _kill(proc)

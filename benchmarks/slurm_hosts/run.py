@@ -7,8 +7,9 @@ of tests/test_slurm.py run in each layout.
 Network: making the namespaces and veths of 2 and of 4 nodes, and removing them (what separate hosts add).
 Cluster: start (until every node is idle) and stop (every daemon gone; on separate hosts also the
 namespaces and veths), of 2 and of 4 nodes, in the order same, separate, separate, same, repeated.
-Tests: the tests that run in both layouts (tests/test_slurm.py, ON_BOTH), one pytest run per layout, in
-the order same, separate, separate, same; pytest's own call times per test (setup and teardown apart).
+Tests: the tests that start servers (tests/test_slurm.py, IN_LAYOUTS: in CI on separate hosts only), one pytest
+run per layout (TEST_SLURM_HOSTS), in the order same, separate, separate, same; pytest's own call times per
+test (setup and teardown apart).
 Needs root (apt-get, the daemons, network namespaces). Writes benchmarks/slurm_hosts/results.json
 (results-quick.json with --quick: one round of starts, one pytest run per layout).
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -68,7 +70,7 @@ def pytest_run(hosts: str) -> dict:
         done = subprocess.run([sys.executable, "-m", "pytest", "tests/test_slurm.py", "-q", "-p", "no:cacheprovider",
                                "-k", f"({' or '.join(TESTS)}) and {hosts}", f"--junitxml={xml}",
                                "-o", "junit_duration_report=call", "--durations=0"],
-                              cwd=ROOT, capture_output=True, text=True)
+                              cwd=ROOT, capture_output=True, text=True, env={**os.environ, "TEST_SLURM_HOSTS": hosts})
         wall = time.monotonic() - began
         if done.returncode != 0:
             raise SystemExit(done.stdout + done.stderr)

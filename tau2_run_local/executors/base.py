@@ -41,8 +41,8 @@ class Executor(Protocol):
     """How servers run: as process groups here, or as SLURM job steps. The fleet starts, watches and
     stops servers only through this."""
 
-    def launch(self, spec: ServerSpec, out: Any, err: Any) -> subprocess.Popen:
-        """Start one server; the process returned ends when the server ends."""
+    def launch(self, spec: ServerSpec, out: Any, err: Any, secret_env: Mapping[str, str]) -> subprocess.Popen:
+        """Start one server, secret_env added to its environment; the process returned ends when it ends."""
 
     def signal(self, procs: Sequence[subprocess.Popen], sig: int) -> None:
         """SIGTERM: ask to stop. SIGKILL: end now, with everything the servers started."""
@@ -51,12 +51,14 @@ class Executor(Protocol):
         """Is anything of this server still running?"""
 
 
-def start_process(spec: ServerSpec, out: Any, err: Any, env: Mapping[str, str]) -> subprocess.Popen:
+def start_process(spec: ServerSpec, out: Any, err: Any, env: Mapping[str, str],
+                  secret_env: Mapping[str, str]) -> subprocess.Popen:
     """The server's command in its own process group, sent SIGTERM if the launcher dies outright; env is
-    the launcher's environment, which the server's own variables extend."""
+    the launcher's environment, which the server's own variables extend, and then secret_env (its key:
+    the environment of a process is its owner's alone to read, where its command line is everyone's)."""
     return subprocess.Popen(
         spec.argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-        env={**env, **dict(spec.env), "PYTHONUNBUFFERED": "1"},
+        env={**env, **dict(spec.env), "PYTHONUNBUFFERED": "1", **secret_env},
         start_new_session=True, preexec_fn=_die_with_parent)
 
 

@@ -15,8 +15,8 @@ class LocalExecutor:
     def __init__(self, env: Mapping[str, str]):
         self.env = env
 
-    def launch(self, spec: ServerSpec, out: Any, err: Any) -> subprocess.Popen:
-        return start_process(spec, out, err, self.env)
+    def launch(self, spec: ServerSpec, out: Any, err: Any, secret_env: Mapping[str, str]) -> subprocess.Popen:
+        return start_process(spec, out, err, self.env, secret_env)
 
     signal = staticmethod(kill_groups)
 

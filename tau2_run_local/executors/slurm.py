@@ -5,7 +5,7 @@ import contextlib
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..plan import ServerSpec
@@ -20,8 +20,8 @@ class SlurmExecutor:
     def __init__(self, job_id: str, env: dict[str, str], settle_s: float = 30.0):
         self.job_id, self.env, self.settle_s = job_id, env, settle_s
 
-    def launch(self, spec: ServerSpec, out: Any, err: Any) -> subprocess.Popen:
-        return start_process(spec, out, err, self.env)
+    def launch(self, spec: ServerSpec, out: Any, err: Any, secret_env: Mapping[str, str]) -> subprocess.Popen:
+        return start_process(spec, out, err, self.env, secret_env)
 
     def alive(self, proc: subprocess.Popen) -> bool:
         return proc.poll() is None  # srun lasts as long as its step

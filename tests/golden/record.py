@@ -6,7 +6,8 @@ stderr and exit code of bad input, and report.html, compare.html and leaderboard
 the fixed inputs beside this file. Paths, ports and clocks are replaced by placeholders, so a
 recording made elsewhere compares byte for byte. tests/test_golden.py compares a fresh recording with
 tests/golden/expected/, recorded before the launcher became a package (the dry runs' parser lines and --help
-since re-recorded for --tool-call-parser auto and --skip-preflight, issue 19).
+since re-recorded for --tool-call-parser auto and --skip-preflight, issue 19; --help and the --sbatch dry runs
+for --api-key-env, --slurm-max-resubmits and the job script's resubmission lines, issue 18).
 """
 from __future__ import annotations
 

@@ -61,6 +61,10 @@ Environment variables (faults apply only to ports in STANDIN_FAULT_PORTS, if set
                                     has it (before the first task of its task set)
   STANDIN_RECORD=path               append each chat request's body to this file as it came, one
                                     request a line (the body is JSON, which holds no raw newline)
+  VLLM_API_KEY=key                  as vLLM: every /v1/... request without the header
+                                    ``Authorization: Bearer <key>`` gets 401 {"error": "Unauthorized"};
+                                    /health, /metrics, /stats stay open (vLLM guards only /v1 and
+                                    the like); unset, nothing is guarded
 
 Faults of the machinery, per chat request (also only on STANDIN_FAULT_PORTS, if set), for
 fault-injection tests; what a fault does never changes the scripted replies:
@@ -99,6 +103,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import hmac
 import json
 import math
 import os
@@ -120,6 +125,7 @@ UNKNOWN_TEXT = "OK."
 HANDOVER_MARK = "[your turn]"
 HANDOVER_TEXT = f"Please do this next step on your phone and tell me once it is done. {HANDOVER_MARK}"
 USER_DONE_TEXT = "Done, I did that on my phone."
+GUARDED_PREFIX = ("/v1", "/v2", "/inference", "/cohere")  # vLLM's AuthenticationMiddleware guards these
 
 KV_RACE_MESSAGE = (
     "ValueError: No available memory for the cache blocks. Try increasing "
@@ -451,6 +457,8 @@ class State:
         self.refused = {"refused_429": 0, "errors_500": 0, "resets": 0, "hangs": 0}
         self.sampling: dict[str, list] = {}
         self.tool_turn_faults: dict[str, int] = {}  # body digest of a failed tool-call turn -> times sent again
+        self.api_key = os.environ.get("VLLM_API_KEY", "")
+        self.unauthorized = 0  # requests refused for a missing or wrong key
 
 
 class RequestFaults:
@@ -526,7 +534,22 @@ class Handler(BaseHTTPRequestHandler):
         p = self.path.split("?", 1)[0].rstrip("/")
         return p[3:] if p.startswith("/v1/") else p
 
+    def _refused(self) -> bool:
+        """vLLM's AuthenticationMiddleware: with a key set, a guarded path needs `Bearer <key>` (401 otherwise)."""
+        st = self.state
+        if not st.api_key or not self.path.startswith(GUARDED_PREFIX):
+            return False
+        scheme, _, token = (self.headers.get("Authorization") or "").partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(token.encode(), st.api_key.encode()):
+            return False
+        with st.lock:
+            st.unauthorized += 1
+        self._send(401, {"error": "Unauthorized"})
+        return True
+
     def do_GET(self):
+        if self._refused():
+            return
         p = self._path()
         st = self.state
         if p in ("/health", "/ping"):
@@ -548,6 +571,8 @@ class Handler(BaseHTTPRequestHandler):
                     "conversation_keys": list(st.conversations),
                     "conversation_info": st.conversations,
                     "max_in_flight": st.max_in_flight,
+                    "unauthorized": st.unauthorized,
+                    "keyed": bool(st.api_key),
                     "port": st.port,
                     "pid": os.getpid(),
                     **st.refused,
@@ -561,6 +586,8 @@ class Handler(BaseHTTPRequestHandler):
         p = self._path()
         n = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(n) if n else b""
+        if self._refused():
+            return
         if p != "/chat/completions":
             self._send(404, {"detail": "Not Found"})
             return
