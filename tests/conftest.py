@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LAUNCHER = ROOT / "run_local.py"
 STANDIN = ROOT / "tests" / "standin"
 TINY_MODEL = ROOT / "models" / "smollm2-135m"
+TOOL_MODEL = ROOT / "models" / "qwen2.5-coder-0.5b"  # `make tool-model`: calls tools as bare JSON
 
 
 def standin_env(**faults: str) -> dict[str, str]:

