@@ -17,7 +17,7 @@ STANDIN = True
 VALUE_FLAGS = ("--served-model-name", "--host", "--port", "--tool-call-parser", "--reasoning-parser",
                "--chat-template", "--api-server-count", "--dtype", "--tensor-parallel-size",
                "--gpu-memory-utilization", "--kv-cache-memory-bytes", "--max-model-len", "--api-key",
-               "--kv-cache-dtype", "--seed")
+               "--kv-cache-dtype", "--seed", "--hf-token")
 SWITCHES = ("--enable-auto-tool-choice", "--enforce-eager", "--trust-remote-code")
 
 
