@@ -31,6 +31,31 @@ STANDIN = ROOT / "tests" / "standin"
 TINY_MODEL = ROOT / "models" / "smollm2-135m"
 
 
+# `make test` runs the suite in worker processes (pytest-xdist), each test wherever a worker is free, except
+# the tests of these modules: each module's tests in one worker, one after another, handed out first:
+#   test_slurm       one emulated cluster for the run, on fixed network-namespace names (rlc-*)
+#   test_real_vllm   real vLLM takes the CPU, and its tests count every vLLM process of the tiny model
+#   test_report      the two launcher runs its tests share (a module fixture) made once; one Chromium at a time
+# (Declared here, not as xdist_group marks: pytest 9.2's node ids drop the group xdist 3.8 adds to them,
+# pytest-xdist issue 1386.)
+ONE_WORKER_MODULES = ("tests/test_slurm.py", "tests/test_real_vllm.py", "tests/test_report.py")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModulesInOneWorker(LoadScopeScheduling):
+        """Every test a work unit of its own, but a module of ONE_WORKER_MODULES one unit; the units with
+        the most tests are handed out first."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if module in ONE_WORKER_MODULES else nodeid
+
+    return ModulesInOneWorker(config, log)
+
+
 def standin_env(**faults: str) -> dict[str, str]:
     """Environment under which the launcher's `python -m vllm.entrypoints...` runs the stand-in
     (STANDIN_<NAME> variables from `faults`)."""
