@@ -4,8 +4,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tau2_run_local.host import port_is_free
 from tau2_run_local.plan import Host, endpoint_url, this_machine
 from tau2_run_local.planner import build_plan
 from tau2_run_local.readiness import serves
@@ -118,10 +119,24 @@ def cpu_plan(*argv: str):
     return build_plan(request, Host(this_machine(()), iter(range(1900, 2000)), "/cache"))
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+# Ports the tests pick lie below the kernel's ephemeral range (32768-60999 by default), a block of its own for
+# each pytest-xdist worker: the kernel never hands one of them to another process's bind(0) or connection while
+# a test's server is still starting, stopped for a restart at the same port, or only expected there.
+TEST_PORTS, PORTS_PER_WORKER = range(20000, 32000), 2000
+_port_picks = random.Random()  # its own: a test seeding `random` must not make every run pick the same ports
+
+
+def free_port(count: int = 1) -> int:
+    """A port free now, and the count - 1 after it too (a launcher given --start-port PORT and N servers takes
+    PORT to PORT+N-1), checked as the launcher checks them, from this worker's block of TEST_PORTS."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    blocks = len(TEST_PORTS) // PORTS_PER_WORKER
+    first = TEST_PORTS.start + (int(worker) if worker.isdigit() else 0) % blocks * PORTS_PER_WORKER
+    for _ in range(50):
+        port = _port_picks.randrange(first, first + PORTS_PER_WORKER - count + 1)
+        if all(port_is_free("127.0.0.1", port + i) for i in range(count)):
+            return port
+    raise RuntimeError(f"no {count} free ports in a row from {first}")
 
 
 def run_launcher(args: list[str], env: dict[str, str] | None = None, cwd: Path | None = None,
