@@ -52,8 +52,11 @@ demo: model
 	    --output-dir outputs/demo --log-dir logs/demo \
 	    --model-config-path outputs/demo/model_config_local.json
 
+# The suite in TEST_WORKERS processes (pytest-xdist): most tests wait on servers and launchers rather than
+# compute, so 3 on CI's 2 cores; tests/conftest.py keeps the SLURM, real-vLLM and report tests in one worker each.
+TEST_WORKERS ?= 3
 test: model tool-model
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 # Style and types, with the settings in pyproject.toml (seconds; CI runs it before the tests).
 lint: setup

@@ -4,8 +4,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tau2_run_local.host import port_is_free
 from tau2_run_local.plan import Host, endpoint_url, this_machine
 from tau2_run_local.planner import build_plan
 from tau2_run_local.readiness import serves
@@ -30,6 +31,31 @@ LAUNCHER = ROOT / "run_local.py"
 STANDIN = ROOT / "tests" / "standin"
 TINY_MODEL = ROOT / "models" / "smollm2-135m"
 TOOL_MODEL = ROOT / "models" / "qwen2.5-coder-0.5b"  # `make tool-model`: calls tools as bare JSON
+
+
+# `make test` runs the suite in worker processes (pytest-xdist), each test wherever a worker is free, except
+# the tests of these modules: each module's tests in one worker, one after another, handed out first:
+#   test_slurm       one emulated cluster for the run, on fixed network-namespace names (rlc-*)
+#   test_real_vllm   real vLLM takes the CPU, and its tests count every vLLM process of the tiny model
+#   test_report      the two launcher runs its tests share (a module fixture) made once; one Chromium at a time
+# (Declared here, not as xdist_group marks: pytest 9.2's node ids drop the group xdist 3.8 adds to them,
+# pytest-xdist issue 1386.)
+ONE_WORKER_MODULES = ("tests/test_slurm.py", "tests/test_real_vllm.py", "tests/test_report.py")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModulesInOneWorker(LoadScopeScheduling):
+        """Every test a work unit of its own, but a module of ONE_WORKER_MODULES one unit; the units with
+        the most tests are handed out first."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if module in ONE_WORKER_MODULES else nodeid
+
+    return ModulesInOneWorker(config, log)
 
 
 def standin_env(**faults: str) -> dict[str, str]:
@@ -95,10 +121,24 @@ def cpu_plan(*argv: str):
     return build_plan(request, Host(this_machine(()), iter(range(1900, 2000)), "/cache"))
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+# Ports the tests pick lie below the kernel's ephemeral range (32768-60999 by default), a block of its own for
+# each pytest-xdist worker: the kernel never hands one of them to another process's bind(0) or connection while
+# a test's server is still starting, stopped for a restart at the same port, or only expected there.
+TEST_PORTS, PORTS_PER_WORKER = range(20000, 32000), 2000
+_port_picks = random.Random()  # its own: a test seeding `random` must not make every run pick the same ports
+
+
+def free_port(count: int = 1) -> int:
+    """A port free now, and the count - 1 after it too (a launcher given --start-port PORT and N servers takes
+    PORT to PORT+N-1), checked as the launcher checks them, from this worker's block of TEST_PORTS."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    blocks = len(TEST_PORTS) // PORTS_PER_WORKER
+    first = TEST_PORTS.start + (int(worker) if worker.isdigit() else 0) % blocks * PORTS_PER_WORKER
+    for _ in range(50):
+        port = _port_picks.randrange(first, first + PORTS_PER_WORKER - count + 1)
+        if all(port_is_free("127.0.0.1", port + i) for i in range(count)):
+            return port
+    raise RuntimeError(f"no {count} free ports in a row from {first}")
 
 
 def run_launcher(args: list[str], env: dict[str, str] | None = None, cwd: Path | None = None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 
 from conftest import LAUNCHER, ROOT, TINY_MODEL, TOOL_MODEL, run_launcher
+from tau2_run_local.concurrency import vllm_gauges
 from tau2_run_local.endpoint_file import read_model_config
 from tau2_run_local.executors.base import group_members
 from tau2_run_local.fleet import STOP_GRACE_S
@@ -103,7 +105,11 @@ def test_two_real_servers_come_up_serve_and_leave_nothing_after_sigint(tmp_path:
     api_servers = [int(p) for p in vllm_pids_of(TINY_MODEL)]
     assert len(api_servers) == 2
     assert all(len(group_members(pid)) >= 2 for pid in api_servers)  # each with its engine core
-    time.sleep(5)  # conversations in flight on both servers
+    # the Ctrl-C lands with requests in flight on both servers (vLLM's own gauge, not a fixed wait)
+    deadline = time.monotonic() + 120
+    while not all((vllm_gauges(url.removesuffix("/v1")) or {}).get("running", 0) >= 1 for url in endpoints):
+        assert proc.poll() is None and time.monotonic() < deadline, "no request in flight on both servers"
+        time.sleep(0.1)
     proc.send_signal(signal.SIGINT)
     interrupted = time.monotonic()
     stdout, stderr = proc.communicate(timeout=120)

@@ -27,12 +27,14 @@ FIELD = re.compile(r'data-field="([^"]+)">([^<]*)<')
 
 @pytest.fixture(scope="session")
 def chromium() -> str:
-    """Debian's chromium, installed with apt-get when missing (CI runs on a clean machine, as root)."""
+    """Debian's chromium, installed with apt-get when missing (CI runs on a clean machine, as root), one
+    apt-get at a time with the SLURM tests' (tests/slurm/cluster.py)."""
     found = shutil.which("chromium")
     if not found:
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-q"], check=True, env=env, capture_output=True)
-        subprocess.run(["apt-get", "install", "-y", "-q", "chromium"], check=True, env=env, capture_output=True)
+        sys.path.insert(0, str(ROOT / "tests" / "slurm"))
+        from cluster import apt_get_install
+
+        apt_get_install(["chromium"], recommends=True)
         found = shutil.which("chromium")
     assert found, "chromium could not be installed"
     return found

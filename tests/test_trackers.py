@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import struct
 import time
@@ -343,8 +344,11 @@ def test_failing_trackers_are_one_warning_each_and_no_secret_is_written(tmp_path
     (service,) = wandb_service_pids()
     os.kill(service, signal.SIGKILL)  # W&B fails in the middle of the watch
     os.waitpid(service, 0)
-    assert logged(2) == [("--report-to wandb: MailboxClosedError; not reporting to wandb for the rest of this run "
-                          "(the evaluation goes on)")]
+    # which error W&B's client meets first is its own race: its mailbox closed, or the socket reset (seen under load)
+    warned = logged(2)
+    assert len(warned) == 1 and re.fullmatch(
+        r"--report-to wandb: (MailboxClosedError|ConnectionResetError: Connection lost); not reporting to wandb for "
+        r"the rest of this run \(the evaluation goes on\)", warned[0]), warned
     assert logged(3) == [] and reporting.close() == []
     ledger = json.loads((out / tr.LEDGER).read_text())
     assert [[e["steps"] for e in ledger[name].values()] for name in tr.TRACKERS] == [[[100]], [[]], [[100, 200, 300]]]

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -87,12 +88,24 @@ def install_packages(hosts: str = "same") -> None:
     binaries = (*BINARIES, *(("ip", "nsenter") if separate else ()))
     if all(shutil.which(b) or Path(f"/usr/sbin/{b}").exists() for b in binaries):
         return
+    apt_get_install([*PACKAGES, *(("iproute2", "util-linux") if separate else ())])
+
+
+# One apt-get at a time among the tests running at once (pytest-xdist's workers: this cluster's packages and
+# test_report's Chromium may be installed together on a fresh machine), and with benchmarks.
+APT_LOCK = Path("/tmp/tau2-run-local-apt.lock")
+
+
+def apt_get_install(packages: list[str], recommends: bool = False) -> None:
+    """apt-get update, then install, holding APT_LOCK: DPkg::Lock::Timeout makes the install wait for dpkg's
+    lock, but `apt-get update` waits for none (a second one at the same time fails at once)."""
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    lock = ["-o", "DPkg::Lock::Timeout=300"]  # another apt-get may be running (waits instead of failing)
-    subprocess.run(["apt-get", *lock, "update", "-qq"], check=True, env=env, stdout=subprocess.DEVNULL)
-    subprocess.run(["apt-get", *lock, "install", "-y", "-qq", "--no-install-recommends", *PACKAGES,
-                    *(("iproute2", "util-linux") if separate else ())],
-                   check=True, env=env, stdout=subprocess.DEVNULL)
+    lock = ["-o", "DPkg::Lock::Timeout=300"]  # an apt-get not of ours may be running (waits instead of failing)
+    with APT_LOCK.open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        subprocess.run(["apt-get", *lock, "update", "-qq"], check=True, env=env, stdout=subprocess.DEVNULL)
+        subprocess.run(["apt-get", *lock, "install", "-y", "-qq", *([] if recommends else ["--no-install-recommends"]),
+                        *packages], check=True, env=env, stdout=subprocess.DEVNULL)
 
 
 def free_port_block(count: int) -> int:

@@ -38,10 +38,11 @@ or through the fake ``vllm`` package next to this file
 Unknown (vLLM) flags are ignored.
 
 Environment variables (faults apply only to ports in STANDIN_FAULT_PORTS, if set):
-  STANDIN_STARTUP_DELAY=S           sleep S seconds before binding
+  STANDIN_STARTUP_DELAY=S           sleep S seconds before serving (the port is bound from the start, as vLLM
+                                    binds it: connections are refused until then)
   STANDIN_KV_AT=K                   K seconds into that delay, log vLLM's "GPU KV cache size" line
-  STANDIN_CRASH_AT_START=1          vLLM-like traceback on stderr, exit 1, never binds
-  STANDIN_HANG_AT_START=1           never binds, sleeps forever
+  STANDIN_CRASH_AT_START=1          vLLM-like traceback on stderr, exit 1, never serves
+  STANDIN_HANG_AT_START=1           never serves, sleeps forever
   STANDIN_KV_RACE_ONCE=<marker>     first start (marker absent): create marker, print the
                                     KV-cache ValueError, exit 1; later starts are normal
   STANDIN_CRASH_AFTER=N             os._exit(1) right after the N-th chat completion is sent
@@ -781,6 +782,10 @@ def main(argv=None) -> None:
     log(f"INFO [api_server.py] placement CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')} "
         f"SLURMD_NODENAME={os.environ.get('SLURMD_NODENAME', '')} SLURM_STEP_ID={os.environ.get('SLURM_STEP_ID', '')}")
 
+    # the port taken first, as vLLM binds it before loading the model: nothing answers there (connections are
+    # refused) until it listens, but no other process can take it meanwhile
+    httpd = _Server((args.host, args.port), Handler, bind_and_activate=False)
+    httpd.server_bind()
     if _env("STANDIN_IGNORE_SIGTERM") == "1":
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a server slow to shut down
     if _env("STANDIN_SPAWN_CHILD") == "1":
@@ -815,7 +820,7 @@ def main(argv=None) -> None:
             time.sleep(delay - kv_at)
 
     Handler.state = State(served, args.port, faults_on)
-    httpd = _Server((args.host, args.port), Handler)
+    httpd.server_activate()
     print(f"INFO:     Started server process [{os.getpid()}]", flush=True)
     print("INFO:     Application startup complete.", flush=True)
     print(f"INFO:     Uvicorn running on http://{args.host}:{args.port} (Press CTRL+C to quit)", flush=True)
