@@ -17,7 +17,7 @@ for A in 8 4 2 1; do
   python3 run_local.py "${MODEL_ARGS[@]}" --num-servers 1 --start-port $PORT "${EVAL_ARGS[@]}" --output-dir $R/x/out \
     --log-dir $R/x/logs --model-config-path $R/x/mc.json --vllm-arg=--api-server-count=$A --dry-run > $R/api$A.plan 2>&1
   daemon_server $R/api$A.plan $R/api$A; wait_serving $PORT 330 || { tail -20 $R/api$A.err; exit 1; }
-  python3 $S/metrics_raw.py $OUT/api${A}_metrics.jsonl 2 http://127.0.0.1:$PORT & MS=$!
+  python3 benchmarks/gpu_api_servers/scripts/metrics_raw.py $OUT/api${A}_metrics.jsonl 2 http://127.0.0.1:$PORT & MS=$!
   run a${A}w0; run a${A}w4 --workers 4; run a${A}w16 --workers 16
   if [ $A = 8 ]; then
     run a8c164 --max-concurrency 164

@@ -10,7 +10,7 @@ python3 run_local.py "${MODEL_ARGS[@]}" --num-servers 1 --start-port $PORT "${EV
 daemon_server $OUT/sweep_plan.txt $R/sweepsrv
 wait_serving $PORT 330 || { echo "server did not come up"; tail -30 $R/sweepsrv.err; exit 1; }
 echo '{"qwen": [{"ip_addr": "127.0.0.1", "port": "'$PORT'"}]}' > $R/mc.json
-python3 $S/metrics_raw.py $OUT/sweep_metrics.jsonl 2 http://127.0.0.1:$PORT & MS=$!
+python3 benchmarks/gpu_api_servers/scripts/metrics_raw.py $OUT/sweep_metrics.jsonl 2 http://127.0.0.1:$PORT & MS=$!
 run() {  # LABEL TIMEOUT EXTRA...
   local L=$1 T=$2; shift 2; rm -rf $R/$L
   curl -s -X POST localhost:$PORT/reset_prefix_cache >/dev/null
